@@ -1,0 +1,33 @@
+# Two commands for a new machine: `make demo` and `make test`. Each makes ./.venv and installs what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+# torch comes first so that nothing pulls a multi-GB CUDA build onto a machine without a GPU.
+# Elsewhere, point TORCH_PIP_ARGS at the CPU wheel index of your choice, e.g. TORCH_PIP_ARGS="--index-url URL".
+TORCH_VERSION ?= 2.13.0
+TORCH_PIP_ARGS ?=
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	@if $(VENV)/bin/python -c "import torch" 2>/dev/null; then \
+		echo "torch already installed"; \
+	elif command -v nvidia-smi >/dev/null 2>&1; then \
+		$(VENV)/bin/pip install -q "torch>=2.4"; \
+	else \
+		$(VENV)/bin/pip install -q $(TORCH_PIP_ARGS) "torch==$(TORCH_VERSION)"; \
+	fi
+	$(VENV)/bin/pip install -q -e ".[dev]"
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/hyca-batch demo
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,147 @@
+"""``hyca-batch``: the command line, a thin layer over :func:`hyca_batch.runner.run_job`."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from pathlib import Path
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hyca_batch.config import JobConfig
+from hyca_batch.manifest import ManifestError
+from hyca_batch.runner import JobError, JobSummary, run_job
+from hyca_batch.storage import StorageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Batch text-to-video generation on Ray.")
+console = Console(stderr=True)
+
+CACHE_MODES = ("none",)
+
+DEMO_PROMPTS = [
+    ("a red circle moving left on a blue background", "shapes"),
+    ("a green square moving up on a black background", "shapes"),
+    ("a yellow triangle growing on a white background", "shapes"),
+    ("a blue circle moving right on a gray background", "shapes"),
+]
+
+
+def print_summary(summary: JobSummary) -> None:
+    table = Table(title=f"run {summary.run_id}", show_header=True, header_style="bold")
+    table.add_column("rows", justify="right")
+    table.add_column("done", justify="right", style="green")
+    table.add_column("skipped", justify="right")
+    table.add_column("failed", justify="right", style="red")
+    table.add_column("rejected", justify="right", style="red")
+    table.add_column("videos/min", justify="right")
+    table.add_column("mean s/video", justify="right")
+    table.add_row(
+        str(summary.total_rows),
+        str(summary.done),
+        str(summary.skipped),
+        str(summary.failed + summary.exhausted),
+        str(summary.rejected),
+        f"{summary.videos_per_minute:.1f}",
+        f"{summary.mean_seconds_per_video:.2f}",
+    )
+    console.print(table)
+    for line in summary.failures[:20]:
+        console.print(f"  [red]x[/red] {line}", markup=True, highlight=False)
+    if len(summary.failures) > 20:
+        console.print(f"  ... and {len(summary.failures) - 20} more: see {summary.out}/errors/")
+    console.print(f"videos:  {summary.out}/videos/\nrecords: {summary.out}/records/\nrun:     {summary.out}/run.json")
+
+
+def _run(config: JobConfig, force: bool, strict: bool) -> JobSummary:
+    try:
+        summary = run_job(config, force=force)
+    except (ManifestError, JobError, StorageError, ValueError) as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        raise typer.Exit(2)
+    print_summary(summary)
+    if strict and not summary.ok:
+        raise typer.Exit(1)
+    return summary
+
+
+@app.command()
+def run(
+    manifests: list[str] = typer.Argument(..., help="Parquet manifest files, directories or globs."),
+    out: str = typer.Option(..., "--out", "-o", help="Output directory (videos/, records/, errors/, run.json)."),
+    model: str = typer.Option("tiny", help="Preset (tiny, hunyuanvideo), hub id, or local diffusers directory."),
+    cache: str = typer.Option("none", help=f"Feature cache: {', '.join(CACHE_MODES)}."),
+    replicas: int = typer.Option(1, min=1, help="Model replicas (each one GPU, or one CPU slot)."),
+    max_attempts: int = typer.Option(3, min=1, help="Tries per video, counted across re-runs."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)."),
+    device: Optional[str] = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
+    height: Optional[int] = typer.Option(None, help="Default height for rows without one."),
+    width: Optional[int] = typer.Option(None, help="Default width for rows without one."),
+    num_frames: Optional[int] = typer.Option(None, help="Default frame count (4k+1)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Default num_inference_steps."),
+    guidance_scale: Optional[float] = typer.Option(None, help="Default guidance scale."),
+    fps: Optional[int] = typer.Option(None, help="Default frames per second."),
+    cpus_per_replica: float = typer.Option(1.0, help="CPUs reserved per replica (torch threads on CPU)."),
+    force: bool = typer.Option(False, help="Write into an output made with a different configuration."),
+    strict: bool = typer.Option(False, help="Exit 1 when any row failed or was rejected."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Generate one video per manifest row; a re-run into the same --out resumes."""
+    if cache not in CACHE_MODES:
+        raise typer.BadParameter(f"{cache!r}; choose from {', '.join(CACHE_MODES)}", param_hint="--cache")
+    config = JobConfig(
+        manifests=manifests,
+        out=out,
+        model=model,
+        cache=cache,
+        replicas=replicas,
+        max_attempts=max_attempts,
+        address=address,
+        device=device,
+        cpus_per_replica=cpus_per_replica,
+        height=height,
+        width=width,
+        num_frames=num_frames,
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        fps=fps,
+        progress=progress,
+    )
+    _run(config, force, strict)
+
+
+@app.command()
+def demo(
+    out: str = typer.Option("outputs/demo", "--out", "-o", help="Output directory."),
+    model: str = typer.Option("tiny", help="Model preset or directory."),
+) -> None:
+    """Write a small manifest and run it end to end on a local Ray."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    manifest = os.path.join(out, "manifest.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "prompt": [p for p, _ in DEMO_PROMPTS],
+                "category": [c for _, c in DEMO_PROMPTS],
+                "seed": pa.array([None, None, 7, None], type=pa.int64()),
+            }
+        ),
+        manifest,
+    )
+    console.print(f"manifest: {manifest} ({len(DEMO_PROMPTS)} prompts)")
+    summary = _run(JobConfig(manifests=[manifest], out=out, model=model), force=False, strict=True)
+    console.print(f"[bold green]demo finished[/bold green]: open {summary.out}/videos/*.mp4 in any player")
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("HYCA_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    main()

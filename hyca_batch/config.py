@@ -1,0 +1,66 @@
+"""Typed job configuration: every knob and its default lives here.
+
+Generation parameters left as ``None`` fall back to the model preset's defaults (a 64x64 tiny model and
+720p HunyuanVideo want very different sizes), and the manifest can override them per row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """Per-video generation parameters that a manifest row may override."""
+
+    height: int
+    width: int
+    num_frames: int
+    num_inference_steps: int
+    guidance_scale: float
+    fps: int
+
+    def merged(self, **overrides: Any) -> "GenerationDefaults":
+        """These defaults with every non-None override applied."""
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass
+class JobConfig:
+    """One batch job. Stored (resolved) as run.json under the output URI."""
+
+    manifests: list[str]
+    out: str
+    model: str = "tiny"
+    cache: str = "none"
+    replicas: int = 1
+    max_attempts: int = 3
+    address: str | None = None  # Ray cluster address; None: RAY_ADDRESS or an embedded local Ray
+    device: str | None = None  # None: cuda when available, else cpu
+    gpus_per_replica: float | None = None  # None: 1 on a GPU cluster, 0 on CPU
+    cpus_per_replica: float = 1.0
+    max_prompt_chars: int = 4000
+    # Job-wide generation defaults; None means "the model preset's default".
+    height: int | None = None
+    width: int | None = None
+    num_frames: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    fps: int | None = None
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def generation_overrides(self) -> dict[str, Any]:
+        return {
+            "height": self.height,
+            "width": self.width,
+            "num_frames": self.num_frames,
+            "num_inference_steps": self.num_inference_steps,
+            "guidance_scale": self.guidance_scale,
+            "fps": self.fps,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

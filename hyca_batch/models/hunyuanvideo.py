@@ -1,0 +1,78 @@
+"""The real HunyuanVideo through diffusers: one loading path for a hub id and a local directory.
+
+Keeping a single ``from_pretrained`` path means the tiny directories the tests save exercise exactly
+the code that loads the 13B model on a GPU cluster.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hyca_batch.config import GenerationDefaults
+
+if TYPE_CHECKING:  # diffusers is imported only when a model is really loaded
+    import torch
+    from diffusers import HunyuanVideoPipeline
+
+HUNYUANVIDEO_HUB_ID = "hunyuanvideo-community/HunyuanVideo"
+# The reference setting of the HunyuanVideo paper and the HyCa benchmarks: 720p, 129 frames (5 s at
+# 24 fps), 50 steps, embedded guidance 6.0.
+HUNYUANVIDEO_DEFAULTS = GenerationDefaults(
+    height=720, width=1280, num_frames=129, num_inference_steps=50, guidance_scale=6.0, fps=24
+)
+
+
+class ModelUnavailableError(OSError):
+    """The pipeline's files cannot be had here (not cached, no Hub access, or a broken directory).
+
+    An OSError, like the error it wraps, so callers that already treat I/O failures as fatal for the
+    job (retrying would fail the same way) keep doing so.
+    """
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _unavailable_message(source: str, error: BaseException) -> str:
+    cause = str(error).strip().rstrip(".")
+    if Path(source).expanduser().is_dir():
+        return (
+            f"cannot load a HunyuanVideoPipeline from the local directory {source!r}: {cause}. "
+            "It must be a complete diffusers directory (model_index.json and every component folder "
+            "with its weights), e.g. one written by HunyuanVideoPipeline.save_pretrained or "
+            f"`hf download {HUNYUANVIDEO_HUB_ID} --local-dir DIR`."
+        )
+    offline = " (HF_HUB_OFFLINE is set)" if _hub_offline() else ""
+    return (
+        f"cannot load the HunyuanVideo pipeline {source!r}: it is not in the local Hugging Face cache "
+        f"and the Hub could not be used{offline}: {cause}. Fix: download it first on a machine with "
+        f"network access (`hf download {source}`, with HF_HOME pointing at storage every worker "
+        "can read), or download it to a directory and pass that directory as the model "
+        f"(`hf download {source} --local-dir DIR`, then --model DIR). If {source!r} was meant as a "
+        f"local directory: {Path(source).expanduser().resolve()} does not exist."
+    )
+
+
+def load_diffusers_pipeline(
+    source: str, device: "torch.device", dtype: "torch.dtype"
+) -> "HunyuanVideoPipeline":
+    """``HunyuanVideoPipeline.from_pretrained(source)`` in ``dtype`` on ``device``, VAE tiling on.
+
+    Tiling is what lets a 720p x 129-frame decode fit in one GPU's memory; on small inputs it is a
+    no-op. Failure to find the files raises ModelUnavailableError naming the source and the fix.
+    """
+    from diffusers import HunyuanVideoPipeline
+    from diffusers.pipelines import pipeline_utils
+
+    # Newer diffusers (0.42 here) take ``dtype=`` and deprecate ``torch_dtype=``; older ones, which
+    # pyproject still allows, know only ``torch_dtype=`` and would silently ignore ``dtype=``.
+    dtype_key = "dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"
+    try:
+        pipeline = HunyuanVideoPipeline.from_pretrained(source, **{dtype_key: dtype})
+    except OSError as exc:  # includes huggingface_hub's not-cached / offline / not-found errors
+        raise ModelUnavailableError(_unavailable_message(source, exc)) from exc
+    pipeline.vae.enable_tiling()
+    return pipeline.to(device)

@@ -1,0 +1,140 @@
+"""The per-video record: one explicit schema, one Parquet file per video, written last.
+
+A record under ``records/<id>.parquet`` is the commit marker of its video: it is published with an
+exclusive put after the mp4, so its presence means the video is complete, and a re-run skips the id.
+Failures are ``errors/<id>.json`` (plain JSON, because they carry free-form tracebacks and the history
+of attempts, and a person reads them). The manifest's extra columns are appended to the record with the
+types they had in the manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from hyca_batch.storage import AlreadyExists, Storage
+
+RECORD_VERSION = "1"
+
+RECORD_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("prompt", pa.string()),
+        pa.field("seed", pa.int64()),
+        pa.field("model", pa.string()),
+        pa.field("height", pa.int64()),
+        pa.field("width", pa.int64()),
+        pa.field("num_frames", pa.int64()),
+        pa.field("num_inference_steps", pa.int64()),
+        pa.field("guidance_scale", pa.float64()),
+        pa.field("fps", pa.int64()),
+        pa.field("cache_mode", pa.string()),
+        pa.field("text_encode_s", pa.float64()),
+        pa.field("denoise_s", pa.float64()),
+        pa.field("decode_s", pa.float64()),
+        pa.field("encode_s", pa.float64()),
+        pa.field("write_s", pa.float64()),
+        pa.field("total_s", pa.float64()),
+        pa.field("transformer_passes_full", pa.int64()),
+        pa.field("transformer_passes_skipped", pa.int64()),
+        pa.field("device_type", pa.string()),
+        pa.field("device_count", pa.int64()),
+        pa.field("status", pa.string()),
+        pa.field("attempt", pa.int64()),
+        pa.field("output_uri", pa.string()),
+        pa.field("bytes", pa.int64()),
+        pa.field("sha256", pa.string()),
+        pa.field("started_at", pa.timestamp("us", tz="UTC")),
+        pa.field("finished_at", pa.timestamp("us", tz="UTC")),
+        pa.field("source_file", pa.string()),
+        pa.field("source_row", pa.int64()),
+        pa.field("run_id", pa.string()),
+    ],
+    metadata={"hyca_batch.record_version": RECORD_VERSION},
+)
+
+#: Names a manifest's extra columns may not use, since the record already means something by them.
+RESERVED_FIELDS = frozenset(RECORD_SCHEMA.names) | {"error", "error_type", "field", "traceback", "history"}
+
+
+def video_key(video_id: str) -> str:
+    return f"videos/{video_id}.mp4"
+
+
+def record_key(video_id: str) -> str:
+    return f"records/{video_id}.parquet"
+
+
+def error_key(video_id: str) -> str:
+    return f"errors/{video_id}.json"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def record_table(record: dict[str, Any], extra_schema: pa.Schema, extra: dict[str, Any]) -> pa.Table:
+    """One record as a one-row table: the fixed schema, then the manifest's extra columns."""
+    schema = pa.schema(list(RECORD_SCHEMA) + list(extra_schema), metadata=RECORD_SCHEMA.metadata)
+    row = {name: record.get(name) for name in RECORD_SCHEMA.names}
+    row.update({name: extra.get(name) for name in extra_schema.names})
+    return pa.Table.from_pylist([row], schema=schema)
+
+
+def write_record(storage: Storage, record: dict[str, Any], extra_schema: pa.Schema, extra: dict[str, Any]) -> bool:
+    """Publish the record (the commit marker). False when the id was already committed."""
+    buf = io.BytesIO()
+    pq.write_table(record_table(record, extra_schema, extra), buf)
+    try:
+        storage.put_bytes(record_key(record["id"]), buf.getvalue())
+    except AlreadyExists:
+        return False
+    return True
+
+
+def write_error(storage: Storage, error: dict[str, Any]) -> None:
+    """Write (or replace) the error record of an id, keeping the earlier attempts' errors in ``history``."""
+    key = error_key(error["id"])
+    history: list[dict[str, Any]] = []
+    if storage.exists(key):
+        try:
+            previous = json.loads(storage.read_bytes(key))
+            history = previous.pop("history", []) + [previous]
+        except (ValueError, FileNotFoundError):
+            history = []
+    body = {**error, "history": history}
+    storage.put_bytes(key, json.dumps(body, indent=2, default=str).encode(), overwrite=True)
+
+
+def read_error(storage: Storage, video_id: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(storage.read_bytes(error_key(video_id)))
+    except FileNotFoundError:
+        return None
+
+
+def committed_ids(storage: Storage) -> set[str]:
+    """Ids with a record: one listing, not a request per video."""
+    return {k[len("records/") : -len(".parquet")] for k in storage.list("records/") if k.endswith(".parquet")}
+
+
+def failed_ids(storage: Storage) -> set[str]:
+    return {k[len("errors/") : -len(".json")] for k in storage.list("errors/") if k.endswith(".json")}
+
+
+def read_records(storage: Storage) -> pa.Table:
+    """All records of a run as one table (extra columns unified across files)."""
+    keys = [k for k in storage.list("records/") if k.endswith(".parquet")]
+    if not keys:
+        return RECORD_SCHEMA.empty_table()
+    fs, base = storage.arrow_filesystem()
+    paths = [f"{base.rstrip('/')}/{k}" for k in keys]
+    # Every footer is read: runs that appended extra columns later still come back as one table.
+    schema = pa.unify_schemas([pq.read_schema(p, filesystem=fs) for p in paths], promote_options="permissive")
+    return pads.dataset(paths, filesystem=fs, format="parquet", schema=schema).to_table()

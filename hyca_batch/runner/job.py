@@ -1,0 +1,303 @@
+"""The batch job's driver: validate, resume, fan out over Ray Data, retry, summarize.
+
+Validation reads every manifest on the driver before any model loads, because two checks need the whole
+manifest at once (duplicate ids across files, and which ids a previous run already committed); the
+validated requests then go to Ray Data as Arrow blocks, so the replicas never re-parse or re-validate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from hyca_batch import __version__
+from hyca_batch.config import JobConfig
+from hyca_batch.manifest import Manifest, RowError, check_size, read_manifest
+from hyca_batch.models import resolve_model
+from hyca_batch.records import committed_ids, failed_ids, read_error, utcnow, write_error
+from hyca_batch.runner.replica import Replica
+from hyca_batch.storage import Storage, open_storage
+
+log = logging.getLogger(__name__)
+
+RUN_KEY = "run.json"
+
+
+class JobError(RuntimeError):
+    """The job cannot start; the message says why and what to do."""
+
+
+@dataclass
+class JobSummary:
+    run_id: str
+    out: str
+    total_rows: int = 0
+    done: int = 0  # generated and committed by this run
+    skipped: int = 0  # committed by an earlier run
+    failed: int = 0  # failed in this run after every allowed attempt
+    exhausted: int = 0  # failed in earlier runs max_attempts times; not tried again
+    rejected: int = 0  # invalid rows (error records, never run)
+    merged_duplicates: int = 0
+    elapsed_s: float = 0.0
+    video_seconds: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def videos_per_minute(self) -> float:
+        return 60.0 * self.done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def mean_seconds_per_video(self) -> float:
+        return sum(self.video_seconds) / len(self.video_seconds) if self.video_seconds else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.exhausted == 0 and self.rejected == 0
+
+    def counts(self) -> dict[str, Any]:
+        return {
+            "total_rows": self.total_rows,
+            "done": self.done,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "exhausted": self.exhausted,
+            "rejected": self.rejected,
+            "merged_duplicates": self.merged_duplicates,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "videos_per_minute": round(self.videos_per_minute, 3),
+            "mean_seconds_per_video": round(self.mean_seconds_per_video, 3),
+        }
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"hyca_batch": __version__, "python": platform.python_version()}
+    for name in ("torch", "diffusers", "transformers", "ray", "av", "pyarrow", "boto3"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def generation_identity(config: JobConfig, defaults: dict[str, Any], model_name: str) -> dict[str, Any]:
+    """What must match for two runs to write into the same output: same inputs give the same videos."""
+    return {"model": model_name, "cache": config.cache, "defaults": defaults}
+
+
+def run_job(config: JobConfig, *, force: bool = False) -> JobSummary:
+    started_at, t_start = utcnow(), time.perf_counter()
+    run_id = started_at.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+
+    spec = resolve_model(config.model)
+    defaults = spec.defaults.merged(**config.generation_overrides())
+    bad_defaults = check_size(defaults.height, defaults.width, defaults.num_frames)
+    if bad_defaults:
+        raise JobError("; ".join(f"job default {f} {m}" for f, m in bad_defaults))
+    manifest = read_manifest(config.manifests, defaults, max_prompt_chars=config.max_prompt_chars)
+    storage = open_storage(config.out)
+    identity = generation_identity(config, dataclasses.asdict(defaults), spec.name)
+    _check_previous_run(storage, identity, force)
+
+    summary = JobSummary(run_id=run_id, out=storage.uri, total_rows=manifest.total_rows)
+    summary.merged_duplicates = manifest.merged_duplicates
+    committed = committed_ids(storage)
+    _write_rejections(storage, manifest.rejected, committed, run_id, summary)
+
+    pending, attempts, summary.skipped, summary.exhausted = _plan(storage, manifest, committed, config.max_attempts)
+    run_doc = {
+        "run_id": run_id,
+        "status": "running",
+        "identity": identity,
+        "config": config.to_dict(),
+        "model": dataclasses.asdict(spec),
+        "versions": package_versions(),
+        "manifest_files": manifest.files,
+        "started_at": started_at.isoformat(),
+    }
+    storage.put_bytes(RUN_KEY, json.dumps(run_doc, indent=2, default=str).encode(), overwrite=True)
+    log.info(
+        "run %s: %d rows, %d to generate, %d already committed, %d rejected",
+        run_id, manifest.total_rows, len(pending), summary.skipped, summary.rejected,
+    )
+
+    if len(pending):
+        _execute(config, spec.name, manifest, pending, attempts, run_id, summary)
+
+    summary.elapsed_s = time.perf_counter() - t_start
+    run_doc.update(status="finished", finished_at=utcnow().isoformat(), counts=summary.counts())
+    body = json.dumps(run_doc, indent=2, default=str).encode()
+    storage.put_bytes(RUN_KEY, body, overwrite=True)
+    storage.put_bytes(f"runs/{run_id}.json", body)  # the history of every invocation, never overwritten
+    return summary
+
+
+def _check_previous_run(storage: Storage, identity: dict[str, Any], force: bool) -> None:
+    if not storage.exists(RUN_KEY):
+        return
+    previous = json.loads(storage.read_bytes(RUN_KEY)).get("identity")
+    if previous is not None and previous != identity and not force:
+        raise JobError(
+            f"{storage.uri_for(RUN_KEY)} was written by a run with a different configuration "
+            f"({json.dumps(previous, sort_keys=True)} vs {json.dumps(identity, sort_keys=True)}); "
+            "its videos would not match this run's. Use another --out, or --force to write into it anyway."
+        )
+
+
+def _write_rejections(
+    storage: Storage, rejected: list[RowError], committed: set[str], run_id: str, summary: JobSummary
+) -> None:
+    by_key: dict[str, list[RowError]] = defaultdict(list)
+    for err in rejected:
+        by_key[err.key].append(err)
+    for key, errs in by_key.items():
+        summary.rejected += 1
+        summary.failures.extend(str(e) for e in errs)
+        if key in committed:
+            continue  # an earlier valid row committed this id; the record stands
+        message = "; ".join(str(e) for e in errs)
+        previous = read_error(storage, key)
+        if previous and previous.get("status") == "rejected" and previous.get("message") == message:
+            continue  # the same rejection, already on record
+        write_error(
+            storage,
+            {
+                "id": key,
+                "status": "rejected",
+                "attempt": 0,
+                "error_type": "ManifestError",
+                "message": message,
+                "problems": [dataclasses.asdict(e) for e in errs],
+                "prompt": errs[0].prompt,
+                "source_file": errs[0].file,
+                "source_row": errs[0].row,
+                "run_id": run_id,
+                "at": utcnow().isoformat(),
+            },
+        )
+
+
+def _plan(
+    storage: Storage, manifest: Manifest, committed: set[str], max_attempts: int
+) -> tuple[pa.Table, dict[str, int], int, int]:
+    """Which requests to run now, with the number of attempts each has had."""
+    ids = manifest.requests.column("id").to_pylist()
+    errored = failed_ids(storage)
+    attempts: dict[str, int] = {}
+    skipped = exhausted = 0
+    keep = []
+    for i in ids:
+        if i in committed:
+            skipped += 1
+            keep.append(False)
+            continue
+        tried = 0
+        if i in errored:  # only ids with an error record cost a read
+            previous = read_error(storage, i) or {}
+            tried = int(previous.get("attempt", 0)) if previous.get("status") == "failed" else 0
+        if tried >= max_attempts:
+            exhausted += 1
+            keep.append(False)
+            continue
+        attempts[i] = tried
+        keep.append(True)
+    pending = manifest.requests.filter(pa.array(keep, type=pa.bool_())) if ids else manifest.requests
+    return pending, attempts, skipped, exhausted
+
+
+def _blocks(table: pa.Table, replicas: int) -> list[pa.Table]:
+    """Small blocks, so every replica gets work and the tail of the job stays short."""
+    per_block = max(1, min(16, math.ceil(table.num_rows / (replicas * 16))))
+    return [table.slice(i, per_block) for i in range(0, table.num_rows, per_block)]
+
+
+def _init_ray(config: JobConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = config.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+
+
+def _execute(
+    config: JobConfig,
+    model_name: str,
+    manifest: Manifest,
+    pending: pa.Table,
+    attempts: dict[str, int],
+    run_id: str,
+    summary: JobSummary,
+) -> None:
+    import ray
+    from tqdm import tqdm
+
+    _init_ray(config)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # the job's own bar counts videos, which is what a user waits for
+    ctx.enable_operator_progress_bars = False
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.WARNING)  # Ray Data's plan chatter stays in its session log file
+    gpus = config.gpus_per_replica
+    if gpus is None:
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+
+    bar = tqdm(total=pending.num_rows, unit="video", desc="generating", disable=not config.progress)
+    remaining = pending
+    while remaining.num_rows:
+        ids = remaining.column("id").to_pylist()
+        attempt_col = pa.array([attempts[i] + 1 for i in ids], type=pa.int64())
+        table = remaining.append_column("attempt", attempt_col)
+        ds = ray.data.from_arrow(_blocks(table, config.replicas)).map_batches(
+            Replica,
+            fn_constructor_kwargs={
+                "model": config.model,
+                "out": config.out,
+                "cache": config.cache,
+                "run_id": run_id,
+                "extra_schema": manifest.extra_schema,
+                "device": config.device,
+                "threads": int(config.cpus_per_replica),
+            },
+            batch_size=1,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=config.replicas),
+            num_cpus=config.cpus_per_replica,
+            num_gpus=gpus,
+        )
+        retry: list[str] = []
+        for row in ds.iter_rows():
+            attempts[row["id"]] = row["attempt"]
+            if row["status"] in ("done", "already_done"):
+                summary.done += row["status"] == "done"
+                summary.skipped += row["status"] == "already_done"
+                if row["status"] == "done":
+                    summary.video_seconds.append(row["total_s"])
+                bar.update(1)
+            elif row["attempt"] < config.max_attempts:
+                log.warning("video %s failed (attempt %d of %d), will retry: %s",
+                            row["id"], row["attempt"], config.max_attempts, row["error"])
+                retry.append(row["id"])
+            else:
+                summary.failed += 1
+                summary.failures.append(f"{row['id']}: {row['error']} (after {row['attempt']} attempts)")
+                bar.update(1)
+            bar.set_postfix(done=summary.done, failed=summary.failed, retrying=len(retry))
+        remaining = pending.filter(pc.is_in(pending.column("id"), pa.array(retry, type=pa.string())))
+    bar.close()

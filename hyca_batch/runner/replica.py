@@ -1,0 +1,132 @@
+"""The replica: a stateful callable for Ray Data's ``map_batches``, one model load per replica.
+
+It owns the whole life of a video: generate, encode, put the mp4, then publish the record as the
+commit marker. Nothing raises out of ``__call__``: a failing video becomes an error record and a
+``failed`` result row, so a batch is never dropped and one bad video never costs the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import traceback
+from typing import Any
+
+import pyarrow as pa
+import torch
+
+from hyca_batch.encode import encode_mp4
+from hyca_batch.generate import VideoGenerator
+from hyca_batch.manifest import Request
+from hyca_batch.models import load_model
+from hyca_batch.records import record_key, utcnow, video_key, write_error, write_record
+from hyca_batch.storage import open_storage
+
+log = logging.getLogger(__name__)
+
+RESULT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("status", pa.string()),  # done | already_done | failed
+        ("attempt", pa.int64()),
+        ("total_s", pa.float64()),
+        ("error", pa.string()),
+    ]
+)
+
+
+class Replica:
+    def __init__(
+        self,
+        *,
+        model: str,
+        out: str,
+        cache: str,
+        run_id: str,
+        extra_schema: pa.Schema,
+        device: str | None = None,
+        threads: int = 1,
+    ):
+        if device is None and torch.cuda.is_available():
+            device = "cuda"
+        torch.set_num_threads(max(1, threads))
+        self.loaded = load_model(model, device=device)
+        self.generator = VideoGenerator(self.loaded)
+        self.storage = open_storage(out)
+        self.cache = cache
+        self.run_id = run_id
+        self.extra_schema = extra_schema
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = [self.process(row) for row in batch.to_pylist()]
+        return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+
+    def process(self, row: dict[str, Any]) -> dict[str, Any]:
+        attempt = int(row.pop("attempt"))
+        request = Request.from_row(row)
+        started_at, t0 = utcnow(), time.perf_counter()
+        try:
+            if self.storage.exists(record_key(request.id)):
+                # Committed meanwhile (a retried block, a concurrent job): the record stands as it is.
+                return self._result(request.id, "already_done", attempt, t0)
+            result = self.generator(request)
+            t_enc = time.perf_counter()
+            data = encode_mp4(result.frames, request.fps)
+            t_write = time.perf_counter()
+            # No record yet, so any mp4 under this key is an uncommitted leftover of an interrupted try.
+            uri = self.storage.put_bytes(video_key(request.id), data, overwrite=True)
+            record = {
+                **request.generation_params(),
+                "id": request.id,
+                "model": self.loaded.spec.name,
+                "cache_mode": self.cache,
+                **result.timings,
+                "encode_s": t_write - t_enc,
+                "transformer_passes_full": result.transformer_passes_full,
+                "transformer_passes_skipped": result.transformer_passes_skipped,
+                "device_type": self.loaded.device.type,
+                "device_count": 1,
+                "status": "done",
+                "attempt": attempt,
+                "output_uri": uri,
+                "bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "started_at": started_at,
+                "source_file": request.source_file,
+                "source_row": request.source_row,
+                "run_id": self.run_id,
+            }
+            # write_s covers the mp4 and the record; total_s everything up to the commit.
+            record["finished_at"] = utcnow()
+            record["write_s"] = time.perf_counter() - t_write
+            record["total_s"] = time.perf_counter() - t0
+            committed = write_record(self.storage, record, self.extra_schema, request.extra)
+            return self._result(request.id, "done" if committed else "already_done", attempt, t0)
+        except Exception as exc:  # one video's failure must not cost the batch
+            log.exception("video %s failed (attempt %d)", request.id, attempt)
+            message = f"{type(exc).__name__}: {exc}"
+            try:
+                write_error(
+                    self.storage,
+                    {
+                        "id": request.id,
+                        "status": "failed",
+                        "attempt": attempt,
+                        "error_type": type(exc).__name__,
+                        "message": str(exc),
+                        "traceback": traceback.format_exc(),
+                        "prompt": request.prompt,
+                        "source_file": request.source_file,
+                        "source_row": request.source_row,
+                        "run_id": self.run_id,
+                        "at": utcnow().isoformat(),
+                    },
+                )
+            except Exception as write_exc:  # storage down: the driver still learns of the failure
+                message += f" (and its error record could not be written: {write_exc})"
+            return self._result(request.id, "failed", attempt, t0, message)
+
+    @staticmethod
+    def _result(video_id: str, status: str, attempt: int, t0: float, error: str | None = None) -> dict[str, Any]:
+        return {"id": video_id, "status": status, "attempt": attempt, "total_s": time.perf_counter() - t0, "error": error}

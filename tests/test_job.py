@@ -1,0 +1,146 @@
+"""The batch job end to end on an embedded Ray: real mp4s, complete records, errors, retries, resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from hyca_batch.config import JobConfig
+from hyca_batch.encode import decode_mp4
+from hyca_batch.records import RECORD_SCHEMA, read_records
+from hyca_batch.runner import JobError, run_job
+from hyca_batch.storage import open_storage
+
+STEPS = 3
+
+
+def config(manifest: str, out: Path, **kw) -> JobConfig:
+    return JobConfig(manifests=[manifest], out=str(out), model="tiny", progress=False, num_inference_steps=STEPS, **kw)
+
+
+def test_end_to_end_videos_records_and_errors(ray_session, write_manifest, tmp_path):
+    manifest = write_manifest(
+        prompt=["a red circle moving left", "a green square moving up", "a blue triangle", "bad size"],
+        height=pa.array([None, 80, None, 72], type=pa.int64()),
+        tag=["a", "b", "c", "d"],
+    )
+    out = tmp_path / "out"
+    summary = run_job(config(manifest, out))
+    assert (summary.done, summary.rejected, summary.failed, summary.skipped) == (3, 1, 0, 0)
+
+    records = read_records(open_storage(str(out))).to_pylist()
+    assert len(records) == 3
+    for rec in records:
+        for name in RECORD_SCHEMA.names:
+            assert rec[name] is not None, name
+        data = Path(rec["output_uri"]).read_bytes()
+        assert rec["bytes"] == len(data) and rec["sha256"] == hashlib.sha256(data).hexdigest()
+        video = decode_mp4(data)
+        assert video.frames.shape == (rec["num_frames"], rec["height"], rec["width"], 3)
+        assert round(video.fps) == rec["fps"] and video.codec == "h264" and video.pix_fmt == "yuv420p"
+        assert video.frames.std() > 0  # not a blank clip
+        assert rec["status"] == "done" and rec["attempt"] == 1 and rec["model"] == "tiny"
+        assert rec["transformer_passes_full"] == STEPS and rec["transformer_passes_skipped"] == 0
+        assert rec["device_type"] == "cpu" and rec["cache_mode"] == "none"
+        assert min(rec["text_encode_s"], rec["denoise_s"], rec["decode_s"], rec["encode_s"], rec["write_s"]) > 0
+        assert rec["total_s"] >= rec["denoise_s"] + rec["decode_s"]
+        assert rec["finished_at"] >= rec["started_at"]
+    assert sorted(r["tag"] for r in records) == ["a", "b", "c"]  # manifest metadata carried
+    assert {r["height"] for r in records} == {64, 80}
+
+    errors = list((out / "errors").glob("*.json"))
+    assert len(errors) == 1
+    err = json.loads(errors[0].read_text())
+    assert err["status"] == "rejected" and err["source_row"] == 3 and "height" in err["message"]
+
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished" and run["counts"]["done"] == 3 and run["versions"]["torch"]
+
+    # A second run into the same output generates nothing and rewrites nothing.
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "records").iterdir()}
+    again = run_job(config(manifest, out))
+    assert (again.done, again.skipped, again.rejected) == (0, 3, 1)
+    assert {p: p.stat().st_mtime_ns for p in (out / "records").iterdir()} == mtimes
+    assert len(list((out / "runs").glob("*.json"))) == 2
+
+
+def test_failures_retry_within_a_run_and_across_runs(ray_session, write_manifest, tmp_path):
+    manifest = write_manifest(prompt=["will fail", "will pass"], id=["blocked", "fine"])
+    out = tmp_path / "out"
+    (out / "videos" / "blocked.mp4").mkdir(parents=True)  # the mp4 cannot be published: a real write failure
+
+    first = run_job(config(manifest, out, max_attempts=2))
+    assert (first.done, first.failed) == (1, 1)
+    err = json.loads((out / "errors" / "blocked.json").read_text())
+    assert err["status"] == "failed" and err["attempt"] == 2 and len(err["history"]) == 1
+    assert not (out / "records" / "blocked.parquet").exists()
+
+    # Attempts count across runs: with max_attempts reached, a re-run does not try again.
+    second = run_job(config(manifest, out, max_attempts=2))
+    assert (second.done, second.exhausted, second.skipped) == (0, 1, 1)
+
+    # Once the cause is gone, a re-run with attempts left finishes the id.
+    (out / "videos" / "blocked.mp4").rmdir()
+    third = run_job(config(manifest, out, max_attempts=3))
+    assert (third.done, third.skipped, third.failed) == (1, 1, 0)
+    rec = read_records(open_storage(str(out))).to_pylist()
+    assert sorted(r["id"] for r in rec) == ["blocked", "fine"]
+    assert next(r for r in rec if r["id"] == "blocked")["attempt"] == 3
+
+
+def test_rerun_with_a_different_configuration_is_refused(ray_session, write_manifest, tmp_path):
+    manifest = write_manifest(prompt=["one"])
+    out = tmp_path / "out"
+    run_job(config(manifest, out))
+    with pytest.raises(JobError, match="different configuration"):
+        run_job(config(manifest, out, fps=12))
+
+
+def _wait_until_settled(directory: Path, quiet_s: float = 5.0, limit_s: float = 60.0) -> None:
+    """Wait until nothing new appears in directory for quiet_s: the dead driver's replicas are gone."""
+    seen, last_change, start = None, time.monotonic(), time.monotonic()
+    while time.monotonic() - start < limit_s:
+        now = sorted(p.name for p in directory.iterdir())
+        if now != seen:
+            seen, last_change = now, time.monotonic()
+        elif time.monotonic() - last_change >= quiet_s:
+            return
+        time.sleep(0.25)
+
+
+def test_resume_after_the_driver_is_killed(ray_session, write_manifest, tmp_path):
+    n = 8
+    manifest = write_manifest(prompt=[f"a shape number {i} moving left" for i in range(n)])
+    out = tmp_path / "out"
+    address = ray_session.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "hyca_batch.cli", "run", manifest, "--out", str(out), "--address", address,
+           "--steps", str(STEPS), "--no-progress"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    records = out / "records"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and len(list(records.glob("*.parquet"))) < 2:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # The driver's replicas die with it; wait for that, so nothing commits behind the re-run's back.
+    _wait_until_settled(records)
+    before = {p.name: p.stat().st_mtime_ns for p in records.glob("*.parquet")}
+    assert 2 <= len(before) < n, "the kill should land mid-job"
+
+    summary = run_job(config(manifest, out))
+    assert summary.skipped == len(before) and summary.done == n - len(before) and summary.failed == 0
+    after = {p.name: p.stat().st_mtime_ns for p in records.glob("*.parquet")}
+    assert len(after) == n and len(list((out / "videos").glob("*.mp4"))) == n
+    assert all(after[name] == mtime for name, mtime in before.items())  # nothing committed was redone
+    runs = {r["run_id"] for r in read_records(open_storage(str(out))).to_pylist()}
+    assert len(runs) == 2
