@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from hyca_batch import __version__
 from hyca_batch.config import JobConfig
 from hyca_batch.manifest import Manifest, RowError, check_size, read_manifest
-from hyca_batch.models import resolve_model
+from hyca_batch.models import ModelSpec, resolve_model
 from hyca_batch.records import committed_ids, failed_ids, read_error, utcnow, write_error
 from hyca_batch.runner.replica import Replica
 from hyca_batch.storage import Storage, open_storage
@@ -134,7 +134,7 @@ def run_job(config: JobConfig, *, force: bool = False) -> JobSummary:
     )
 
     if len(pending):
-        _execute(config, spec.name, manifest, pending, attempts, run_id, summary)
+        _execute(config, spec, manifest, pending, attempts, run_id, summary)
 
     summary.elapsed_s = time.perf_counter() - t_start
     run_doc.update(status="finished", finished_at=utcnow().isoformat(), counts=summary.counts())
@@ -237,7 +237,7 @@ def _init_ray(config: JobConfig) -> None:
 
 def _execute(
     config: JobConfig,
-    model_name: str,
+    spec: ModelSpec,
     manifest: Manifest,
     pending: pa.Table,
     attempts: dict[str, int],
@@ -267,8 +267,8 @@ def _execute(
         ds = ray.data.from_arrow(_blocks(table, config.replicas)).map_batches(
             Replica,
             fn_constructor_kwargs={
-                "model": config.model,
-                "out": config.out,
+                "model": spec,  # resolved: a relative model directory means the driver's
+                "out": summary.out,  # the resolved URI: a replica's working directory is not the driver's
                 "cache": config.cache,
                 "run_id": run_id,
                 "extra_schema": manifest.extra_schema,

@@ -19,7 +19,7 @@ import torch
 from hyca_batch.encode import encode_mp4
 from hyca_batch.generate import VideoGenerator
 from hyca_batch.manifest import Request
-from hyca_batch.models import load_model
+from hyca_batch.models import ModelSpec, load_model
 from hyca_batch.records import record_key, utcnow, video_key, write_error, write_record
 from hyca_batch.storage import open_storage
 
@@ -40,7 +40,7 @@ class Replica:
     def __init__(
         self,
         *,
-        model: str,
+        model: ModelSpec,
         out: str,
         cache: str,
         run_id: str,

@@ -1,0 +1,81 @@
+"""The command line as a user runs it: exit codes, error messages, and the demo itself."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from hyca_batch.encode import decode_mp4
+
+CLI = [sys.executable, "-m", "hyca_batch.cli"]
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+def test_a_bad_manifest_file_stops_the_job_before_any_model_work(tmp_path):
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"text": ["no prompt column"]}), bad)
+    proc = run_cli("run", str(bad), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert str(bad) in proc.stderr and "field 'prompt'" in proc.stderr
+    assert not (tmp_path / "out").exists()  # nothing written, nothing loaded
+
+
+def test_unknown_cache_mode_is_refused(tmp_path):
+    proc = run_cli("run", "x.parquet", "--out", str(tmp_path / "out"), "--cache", "magic")
+    assert proc.returncode != 0 and "magic" in proc.stderr
+
+
+def test_an_unknown_model_is_a_clear_error(tmp_path):
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"prompt": ["hi"]}), manifest)
+    proc = run_cli("run", str(manifest), "--out", str(tmp_path / "out"), "--model", "no-such-model")
+    assert proc.returncode == 2 and "no-such-model" in proc.stderr and "tiny" in proc.stderr
+
+
+def test_demo_end_to_end(ray_session, tmp_path):
+    # The README's demo, on the test module's Ray (RAY_ADDRESS), run twice: the second run resumes.
+    env = {"RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    first = run_cli("demo", "--out", "demo", env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    videos = sorted((tmp_path / "demo" / "videos").glob("*.mp4"))
+    records = sorted((tmp_path / "demo" / "records").glob("*.parquet"))
+    assert len(videos) == 4 and len(records) == 4
+    for video in videos:
+        assert decode_mp4(video.read_bytes()).frames.shape[0] == 9
+    assert "demo finished" in first.stderr
+    second = run_cli("demo", "--out", "demo", env=env, cwd=tmp_path)
+    assert second.returncode == 0
+    assert sorted((tmp_path / "demo" / "records").glob("*.parquet")) == records
+    assert "│    4 │    0 │       4 │" in second.stderr  # rows, done, skipped
+
+
+def test_jobs_entrypoint_takes_the_run_options(tmp_path):
+    proc = subprocess.run([sys.executable, "jobs/generate.py", "--help"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert proc.returncode == 0 and "--replicas" in proc.stdout and "--out" in proc.stdout
+
+
+def test_run_with_a_relative_model_directory_and_output(ray_session, tmp_path, write_manifest):
+    from hyca_batch.models.tiny import save_tiny_pipeline
+    from hyca_batch.records import read_records
+    from hyca_batch.storage import open_storage
+
+    save_tiny_pipeline(tmp_path / "mymodel")
+    write_manifest("m.parquet", prompt=["a green square moving up", "a red circle moving left"])
+    env = {"RAY_ADDRESS": ray_session.get_runtime_context().gcs_address, "HF_HUB_OFFLINE": "1"}
+    proc = run_cli("run", "m.parquet", "--out", "out", "--model", "mymodel", "--steps", "2", "--no-progress",
+                   env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    records = read_records(open_storage(str(tmp_path / "out"))).to_pylist()
+    assert len(records) == 2
+    assert {r["model"] for r in records} == {str(tmp_path / "mymodel")}
+    assert all(Path(r["output_uri"]).is_file() for r in records)
