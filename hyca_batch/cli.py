@@ -19,7 +19,12 @@ from hyca_batch.manifest import ManifestError
 from hyca_batch.runner import JobError, JobSummary, run_job
 from hyca_batch.storage import StorageError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Batch text-to-video generation on Ray.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="Batch text-to-video generation on Ray.",
+)
 console = Console(stderr=True)
 
 CACHE_MODES = ("none",)

@@ -53,14 +53,8 @@ class JobConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def generation_overrides(self) -> dict[str, Any]:
-        return {
-            "height": self.height,
-            "width": self.width,
-            "num_frames": self.num_frames,
-            "num_inference_steps": self.num_inference_steps,
-            "guidance_scale": self.guidance_scale,
-            "fps": self.fps,
-        }
+        """The job-wide generation settings, keyed like GenerationDefaults (None: not set)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(GenerationDefaults)}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

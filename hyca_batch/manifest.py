@@ -12,6 +12,7 @@ Rows are numbered from 0 within their file, as pyarrow and pandas number them.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import json
@@ -29,7 +30,7 @@ import pyarrow.types as pat
 from hyca_batch.config import GenerationDefaults
 
 #: Fields a manifest row may set; everything else is carried into the record unchanged.
-GENERATION_FIELDS = ("num_frames", "height", "width", "num_inference_steps", "guidance_scale", "fps")
+GENERATION_FIELDS = tuple(f.name for f in dataclasses.fields(GenerationDefaults))
 KNOWN_COLUMNS = ("prompt", "id", "seed", *GENERATION_FIELDS)
 
 #: The resolved, validated form of a row, as it travels to the replicas.
@@ -115,16 +116,8 @@ class Request:
         return cls(**{k: row[k] for k in known}, extra={k: v for k, v in row.items() if k not in known})
 
     def generation_params(self) -> dict[str, Any]:
-        return {
-            "prompt": self.prompt,
-            "seed": self.seed,
-            "height": self.height,
-            "width": self.width,
-            "num_frames": self.num_frames,
-            "num_inference_steps": self.num_inference_steps,
-            "guidance_scale": self.guidance_scale,
-            "fps": self.fps,
-        }
+        """Everything that determines the frames."""
+        return {name: getattr(self, name) for name in ("prompt", "seed", *GENERATION_FIELDS)}
 
 
 def expand_inputs(inputs: Iterable[str]) -> list[str]:

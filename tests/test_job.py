@@ -144,3 +144,15 @@ def test_resume_after_the_driver_is_killed(ray_session, write_manifest, tmp_path
     assert all(after[name] == mtime for name, mtime in before.items())  # nothing committed was redone
     runs = {r["run_id"] for r in read_records(open_storage(str(out))).to_pylist()}
     assert len(runs) == 2
+
+
+def test_replicas_that_cannot_load_the_model_stop_the_job_with_the_cause(ray_session, write_manifest, tmp_path):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "model_index.json").write_text('{"_class_name": "HunyuanVideoPipeline"}')
+    manifest = write_manifest(prompt=["one"])
+    out = tmp_path / "out"
+    with pytest.raises(JobError, match="broken-model"):
+        run_job(JobConfig(manifests=[manifest], out=str(out), model=str(broken), progress=False))
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "failed" and "broken-model" in run["error"]

@@ -72,7 +72,7 @@ def load_diffusers_pipeline(
     dtype_key = "dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"
     try:
         pipeline = HunyuanVideoPipeline.from_pretrained(source, **{dtype_key: dtype})
-    except OSError as exc:  # includes huggingface_hub's not-cached / offline / not-found errors
+    except (OSError, ValueError) as exc:  # hub not-cached/offline/not-found; ValueError: components missing
         raise ModelUnavailableError(_unavailable_message(source, exc)) from exc
     pipeline.vae.enable_tiling()
     return pipeline.to(device)

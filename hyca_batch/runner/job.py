@@ -134,7 +134,13 @@ def run_job(config: JobConfig, *, force: bool = False) -> JobSummary:
     )
 
     if len(pending):
-        _execute(config, spec, manifest, pending, attempts, run_id, summary)
+        try:
+            _execute(config, spec, manifest, pending, attempts, run_id, summary)
+        except Exception as exc:  # the replicas could not run at all (model missing, no resources, ...)
+            cause = _root_cause(exc)
+            run_doc.update(status="failed", error=cause, finished_at=utcnow().isoformat(), counts=summary.counts())
+            storage.put_bytes(RUN_KEY, json.dumps(run_doc, indent=2, default=str).encode(), overwrite=True)
+            raise JobError(f"the job stopped after {summary.done} videos: {cause}") from exc
 
     summary.elapsed_s = time.perf_counter() - t_start
     run_doc.update(status="finished", finished_at=utcnow().isoformat(), counts=summary.counts())
@@ -142,6 +148,26 @@ def run_job(config: JobConfig, *, force: bool = False) -> JobSummary:
     storage.put_bytes(RUN_KEY, body, overwrite=True)
     storage.put_bytes(f"runs/{run_id}.json", body)  # the history of every invocation, never overwritten
     return summary
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost real error, where Ray wraps a replica's exception in its own.
+
+    Ray Data chains an empty marker exception (SystemException, UserCodeException) as ``__cause__``,
+    and an actor that died in its constructor carries the original traceback as text: its last line is
+    the error a user needs.
+    """
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "cause", None)
+        if not isinstance(inner, BaseException):
+            inner = exc.__cause__
+        if not isinstance(inner, BaseException) or not str(inner).strip():
+            break
+        exc = inner
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def _check_previous_run(storage: Storage, identity: dict[str, Any], force: bool) -> None:
