@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hyca_batch.config import JobConfig
+from hyca_batch.hyca import CACHE_MODES
 from hyca_batch.manifest import ManifestError
 from hyca_batch.runner import JobError, JobSummary, run_job
 from hyca_batch.storage import StorageError
@@ -27,7 +28,6 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-CACHE_MODES = ("none",)
 
 DEMO_PROMPTS = [
     ("a red circle moving left on a blue background", "shapes"),
@@ -81,6 +81,15 @@ def run(
     out: str = typer.Option(..., "--out", "-o", help="Output directory (videos/, records/, errors/, run.json)."),
     model: str = typer.Option("tiny", help="Preset (tiny, hunyuanvideo), hub id, or local diffusers directory."),
     cache: str = typer.Option("none", help=f"Feature cache: {', '.join(CACHE_MODES)}."),
+    interval: int = typer.Option(6, min=1, help="Cache: a full transformer pass every N steps."),
+    warmup: int = typer.Option(0, min=0, help="Cache: extra full steps at the start."),
+    granularity: str = typer.Option("block", help="Cache: block (per-module features) or stack (low memory)."),
+    taylorseer_order: int = typer.Option(2, min=1, max=2, help="taylorseer: Taylor order (1 or 2)."),
+    solver_map: Optional[str] = typer.Option(None, help="hyca: solver map from `hyca-batch calibrate` "
+                                             "(default: calibrate on the first prompt, stored with the outputs)."),
+    clusters: int = typer.Option(8, min=1, help="hyca calibration: channel clusters."),
+    baseline_every: int = typer.Option(0, min=0, help="Also generate every K-th video uncached and record "
+                                       "measured speedup, PSNR and SSIM (0: never)."),
     replicas: int = typer.Option(1, min=1, help="Model replicas (each one GPU, or one CPU slot)."),
     max_attempts: int = typer.Option(3, min=1, help="Tries per video, counted across re-runs."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)."),
@@ -104,6 +113,13 @@ def run(
         out=out,
         model=model,
         cache=cache,
+        interval=interval,
+        warmup=warmup,
+        granularity=granularity,
+        taylorseer_order=taylorseer_order,
+        solver_map=solver_map,
+        clusters=clusters,
+        baseline_every=baseline_every,
         replicas=replicas,
         max_attempts=max_attempts,
         address=address,
@@ -118,6 +134,66 @@ def run(
         progress=progress,
     )
     _run(config, force, strict)
+
+
+@app.command()
+def calibrate(
+    out: str = typer.Option(..., "--out", "-o", help="Solver map file to write (.safetensors; a .json goes beside it)."),
+    model: str = typer.Option("tiny", help="Preset, hub id, or local diffusers directory."),
+    prompt: list[str] = typer.Option(["a red circle moving left on a blue background"], help="Probe prompt (repeatable)."),
+    height: Optional[int] = typer.Option(None, help="Probe height (default: the model's)."),
+    width: Optional[int] = typer.Option(None, help="Probe width."),
+    num_frames: Optional[int] = typer.Option(None, help="Probe frame count."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps (the map is for this many)."),
+    interval: int = typer.Option(6, min=1, help="The interval the map will be used at."),
+    clusters: int = typer.Option(8, min=1, help="Channel clusters."),
+    warmup: int = typer.Option(0, min=0, help="Extra full steps at the start."),
+    granularity: str = typer.Option("block", help="block or stack."),
+    probe_tokens: int = typer.Option(512, min=1, help="Token positions sampled per feature."),
+    seed: int = typer.Option(0, help="Probe noise seed, token sample and k-means seed."),
+    device: Optional[str] = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
+) -> None:
+    """Build a HyCa solver map for a model at a resolution: a probe run, channel clustering, a solver per cluster."""
+    from hyca_batch.hyca.probe import CalibrationConfig, calibrate_model
+    from hyca_batch.manifest import Request, check_size
+    from hyca_batch.models import load_model, resolve_model
+
+    try:
+        spec = resolve_model(model)
+        d = spec.defaults.merged(height=height, width=width, num_frames=num_frames, num_inference_steps=steps)
+        bad = check_size(d.height, d.width, d.num_frames)
+        if bad:
+            raise ValueError("; ".join(f"{f} {m}" for f, m in bad))
+        requests = [
+            Request(id=f"probe{i}", prompt=p, seed=seed + i, height=d.height, width=d.width, num_frames=d.num_frames,
+                    num_inference_steps=d.num_inference_steps, guidance_scale=d.guidance_scale, fps=d.fps)
+            for i, p in enumerate(prompt)
+        ]
+        config = CalibrationConfig(interval=interval, clusters=clusters, warmup=warmup, granularity=granularity,
+                                   probe_tokens=probe_tokens, seed=seed)
+        console.print(f"probing {spec.name} at {d.width}x{d.height}x{d.num_frames}, {d.num_inference_steps} steps")
+        smap = calibrate_model(load_model(spec, device=device), requests, config)
+    except (ValueError, OSError) as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        raise typer.Exit(2)
+    smap.save(out)
+    table = Table(title=f"solver map {smap.id} (interval {interval})")
+    for column in ("cluster", "channels", "solver", "calibration error"):
+        table.add_column(column, justify="right")
+    counts: dict[int, int] = {}
+    for clusters_of_module in smap.channel_cluster.values():
+        for c in clusters_of_module.tolist():
+            counts[c] = counts.get(c, 0) + 1
+    chosen = smap.cluster_solver.tolist()
+    for c, s_idx in enumerate(chosen):
+        table.add_row(str(c), str(counts.get(c, 0)), smap.solvers[s_idx], f"{float(smap.cluster_error[c, s_idx]):.4g}")
+    console.print(table)
+    mixed = sum(float(smap.cluster_error[c, s_idx]) for c, s_idx in enumerate(chosen))
+    per_solver = smap.cluster_error.sum(dim=0)
+    best = int(per_solver.argmin())
+    console.print(f"total calibration error: hyca {mixed:.4g}, best uniform solver {smap.solvers[best]} "
+                  f"{float(per_solver[best]):.4g}")
+    console.print(f"wrote {out} and {Path(out).with_suffix('.json')}")
 
 
 @app.command()

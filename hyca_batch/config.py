@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hyca_batch.hyca import FeatureCacheConfig
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,14 @@ class JobConfig:
     manifests: list[str]
     out: str
     model: str = "tiny"
-    cache: str = "none"
+    cache: str = "none"  # none | fora | taylorseer | foca | hyca
+    interval: int = 6  # a full transformer pass every N steps
+    warmup: int = 0  # extra full steps at the start
+    granularity: str = "block"  # block (per-module features) or stack (one residual, low memory)
+    taylorseer_order: int = 2
+    solver_map: str | None = None  # hyca: a calibrated map; None calibrates on the first prompt
+    clusters: int = 8  # hyca calibration: channel clusters
+    baseline_every: int = 0  # also generate every K-th video uncached, for measured speedup and fidelity
     replicas: int = 1
     max_attempts: int = 3
     address: str | None = None  # Ray cluster address; None: RAY_ADDRESS or an embedded local Ray
@@ -55,6 +65,17 @@ class JobConfig:
     def generation_overrides(self) -> dict[str, Any]:
         """The job-wide generation settings, keyed like GenerationDefaults (None: not set)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(GenerationDefaults)}
+
+    def cache_config(self) -> "FeatureCacheConfig":
+        from hyca_batch.hyca import FeatureCacheConfig
+
+        return FeatureCacheConfig(
+            mode=self.cache,
+            interval=self.interval,
+            warmup=self.warmup,
+            granularity=self.granularity,
+            taylorseer_order=self.taylorseer_order,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,18 +1,23 @@
-"""One request to frames, timed stage by stage.
+"""One request to frames, timed stage by stage, through the feature cache.
 
 The pipeline call is split into its three stages (text encoding, the denoising loop, VAE decoding) by
 calling ``encode_prompt`` and the VAE ourselves around a latent-output pipeline call: the record's time
-breakdown then measures exactly the diffusers code a user would run, with no copy of the loop here.
+breakdown then measures exactly the diffusers code a user would run, with no copy of the loop here. The
+cache's step hook is always installed (mode ``none`` only counts and times passes), so every record has
+the same pass counts and the speedup estimate means the same thing in every mode.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 import torch
 
+from hyca_batch.hyca import FeatureCacheConfig, SolverMap, apply_feature_cache
 from hyca_batch.manifest import Request
 from hyca_batch.models import LoadedModel
 
@@ -20,26 +25,18 @@ from hyca_batch.models import LoadedModel
 @dataclass
 class GenerationResult:
     frames: np.ndarray  # (F, H, W, 3) uint8 RGB
+    latents: torch.Tensor  # final latents, for fidelity comparisons
     timings: dict[str, float] = field(default_factory=dict)  # text_encode_s, denoise_s, decode_s
     transformer_passes_full: int = 0
     transformer_passes_skipped: int = 0
+    mean_full_pass_s: float = 0.0
 
-
-class PassCounter:
-    """Counts transformer forward calls; a hook, so it sees every call the pipeline makes (cond and uncond)."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.count = 0
-        self._handle = module.register_forward_pre_hook(self._hook)
-
-    def _hook(self, module: torch.nn.Module, args: object) -> None:
-        self.count += 1
-
-    def reset(self) -> None:
-        self.count = 0
-
-    def remove(self) -> None:
-        self._handle.remove()
+    @property
+    def speedup_estimate(self) -> float:
+        """What the loop would have cost with every pass full, over what it cost: (passes x full pass) / denoise."""
+        passes = self.transformer_passes_full + self.transformer_passes_skipped
+        denoise = self.timings.get("denoise_s", 0.0)
+        return passes * self.mean_full_pass_s / denoise if denoise > 0 else 0.0
 
 
 def _sync(device: torch.device) -> None:
@@ -48,21 +45,33 @@ def _sync(device: torch.device) -> None:
 
 
 class VideoGenerator:
-    """Generates videos with one loaded model; one per replica, reused for every request."""
+    """Generates videos with one loaded model and one installed cache; one per replica, reused for every request."""
 
-    def __init__(self, model: LoadedModel):
+    def __init__(
+        self, model: LoadedModel, cache: FeatureCacheConfig | None = None, solver_map: SolverMap | None = None
+    ):
         self.model = model
         self.pipeline = model.pipeline
-        self.passes = PassCounter(self.pipeline.transformer)
+        self.cache = apply_feature_cache(self.pipeline.transformer, cache or FeatureCacheConfig(mode="none"), solver_map)
+
+    @contextmanager
+    def uncached(self) -> Iterator[None]:
+        """Every step full: the reference a cached video is measured against, with the same model in memory."""
+        self.cache.bypassed = True
+        try:
+            yield
+        finally:
+            self.cache.bypassed = False
 
     @torch.inference_mode()
     def __call__(self, request: Request) -> GenerationResult:
         pipe, device = self.pipeline, self.model.device
         # A CPU generator makes the initial noise, and so the video, the same on any device.
         generator = torch.Generator(device="cpu").manual_seed(request.seed)
-        self.passes.reset()
+        self.cache.reset()  # no state crosses from one video to the next
 
         t0 = time.perf_counter()
+        # Leading/trailing whitespace would shift the prompt template's crop boundary.
         prompt_embeds, pooled_embeds, attention_mask = pipe.encode_prompt(prompt=request.prompt.strip(), device=device)
         _sync(device)
         t1 = time.perf_counter()
@@ -87,10 +96,12 @@ class VideoGenerator:
         _sync(device)
         t3 = time.perf_counter()
 
-        frames_u8 = (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+        stats = self.cache.stats
         return GenerationResult(
-            frames=frames_u8,
+            frames=(np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8),
+            latents=latents.float().cpu(),
             timings={"text_encode_s": t1 - t0, "denoise_s": t2 - t1, "decode_s": t3 - t2},
-            transformer_passes_full=self.passes.count,
-            transformer_passes_skipped=0,
+            transformer_passes_full=stats.full,
+            transformer_passes_skipped=stats.skipped,
+            mean_full_pass_s=stats.mean_full_s,
         )

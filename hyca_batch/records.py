@@ -35,6 +35,8 @@ RECORD_SCHEMA = pa.schema(
         pa.field("guidance_scale", pa.float64()),
         pa.field("fps", pa.int64()),
         pa.field("cache_mode", pa.string()),
+        pa.field("cache_interval", pa.int64()),
+        pa.field("solver_map_id", pa.string()),
         pa.field("text_encode_s", pa.float64()),
         pa.field("denoise_s", pa.float64()),
         pa.field("decode_s", pa.float64()),
@@ -43,6 +45,13 @@ RECORD_SCHEMA = pa.schema(
         pa.field("total_s", pa.float64()),
         pa.field("transformer_passes_full", pa.int64()),
         pa.field("transformer_passes_skipped", pa.int64()),
+        pa.field("full_pass_s", pa.float64()),
+        pa.field("speedup_estimate", pa.float64()),
+        pa.field("baseline_denoise_s", pa.float64()),
+        pa.field("measured_speedup", pa.float64()),
+        pa.field("psnr", pa.float64()),
+        pa.field("ssim", pa.float64()),
+        pa.field("latent_rel_l2", pa.float64()),
         pa.field("device_type", pa.string()),
         pa.field("device_count", pa.int64()),
         pa.field("status", pa.string()),
@@ -57,6 +66,11 @@ RECORD_SCHEMA = pa.schema(
         pa.field("run_id", pa.string()),
     ],
     metadata={"hyca_batch.record_version": RECORD_VERSION},
+)
+
+#: Fields that are null unless the video had an uncached baseline (--baseline-every) or a solver map.
+OPTIONAL_FIELDS = frozenset(
+    {"solver_map_id", "baseline_denoise_s", "measured_speedup", "psnr", "ssim", "latent_rel_l2"}
 )
 
 #: Names a manifest's extra columns may not use, since the record already means something by them.

@@ -14,10 +14,12 @@ import math
 import os
 import platform
 import time
+import tempfile
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -25,7 +27,8 @@ import pyarrow.compute as pc
 
 from hyca_batch import __version__
 from hyca_batch.config import JobConfig
-from hyca_batch.manifest import Manifest, RowError, check_size, read_manifest
+from hyca_batch.hyca import SolverMap
+from hyca_batch.manifest import Manifest, Request, RowError, check_size, read_manifest
 from hyca_batch.models import ModelSpec, resolve_model
 from hyca_batch.records import committed_ids, failed_ids, read_error, utcnow, write_error
 from hyca_batch.runner.replica import Replica
@@ -34,6 +37,7 @@ from hyca_batch.storage import Storage, open_storage
 log = logging.getLogger(__name__)
 
 RUN_KEY = "run.json"
+SOLVER_MAP_KEY = "solver_map.safetensors"
 
 
 class JobError(RuntimeError):
@@ -94,7 +98,11 @@ def package_versions() -> dict[str, str]:
 
 def generation_identity(config: JobConfig, defaults: dict[str, Any], model_name: str) -> dict[str, Any]:
     """What must match for two runs to write into the same output: same inputs give the same videos."""
-    return {"model": model_name, "cache": config.cache, "defaults": defaults}
+    cache = dataclasses.asdict(config.cache_config())
+    if config.cache == "hyca":
+        # A map given by path is pinned by its content; a calibrated one is stored with the outputs and reused.
+        cache["solver_map"] = SolverMap.load(config.solver_map).id if config.solver_map else "calibrated"
+    return {"model": model_name, "cache": cache, "defaults": defaults}
 
 
 def run_job(config: JobConfig, *, force: bool = False) -> JobSummary:
@@ -135,7 +143,10 @@ def run_job(config: JobConfig, *, force: bool = False) -> JobSummary:
 
     if len(pending):
         try:
-            _execute(config, spec, manifest, pending, attempts, run_id, summary)
+            solver_map = _solver_map(config, spec, storage, pending)
+            if solver_map is not None:
+                run_doc["solver_map"] = {"id": solver_map.id, "uri": storage.uri_for(SOLVER_MAP_KEY), **solver_map.metadata}
+            _execute(config, spec, manifest, pending, attempts, run_id, summary, solver_map)
         except Exception as exc:  # the replicas could not run at all (model missing, no resources, ...)
             cause = _root_cause(exc)
             run_doc.update(status="failed", error=cause, finished_at=utcnow().isoformat(), counts=summary.counts())
@@ -239,8 +250,64 @@ def _plan(
             continue
         attempts[i] = tried
         keep.append(True)
-    pending = manifest.requests.filter(pa.array(keep, type=pa.bool_())) if ids else manifest.requests
+    # The manifest position travels with each request: --baseline-every K picks every K-th by it.
+    requests = manifest.requests.append_column("ordinal", pa.array(range(len(ids)), type=pa.int64()))
+    pending = requests.filter(pa.array(keep, type=pa.bool_())) if ids else requests
     return pending, attempts, skipped, exhausted
+
+
+def _solver_map(config: JobConfig, spec: ModelSpec, storage: Storage, pending: pa.Table) -> SolverMap | None:
+    """hyca's map: the one given, else the one an earlier run of this output calibrated, else calibrate now.
+
+    Calibration runs once, on the first pending prompt, in a Ray task with a replica's resources (the
+    driver may have no GPU), and the map is stored with the outputs so a resumed run uses the same one.
+    """
+    if config.cache != "hyca":
+        return None
+    if config.solver_map:
+        smap = SolverMap.load(config.solver_map)
+    elif storage.exists(SOLVER_MAP_KEY):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / SOLVER_MAP_KEY
+            path.write_bytes(storage.read_bytes(SOLVER_MAP_KEY))
+            return SolverMap.load(path)
+    else:
+        import ray
+
+        _init_ray(config)
+        request = Request.from_row(pending.slice(0, 1).to_pylist()[0])
+        log.warning("calibrating the HyCa solver map on %r (interval %d, %d clusters)",
+                    request.prompt[:60], config.interval, config.clusters)
+        task = ray.remote(_calibrate).options(num_cpus=config.cpus_per_replica, num_gpus=_gpus_per_replica(config))
+        smap = ray.get(task.remote(spec, request, config))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / SOLVER_MAP_KEY
+        smap.save(path)
+        storage.put_bytes(SOLVER_MAP_KEY, path.read_bytes(), overwrite=True)
+        storage.put_bytes(SOLVER_MAP_KEY.replace(".safetensors", ".json"), path.with_suffix(".json").read_bytes(), overwrite=True)
+    return smap
+
+
+def _calibrate(spec: ModelSpec, request: Request, config: JobConfig) -> SolverMap:
+    import torch
+
+    from hyca_batch.hyca.probe import CalibrationConfig, calibrate_model
+    from hyca_batch.models import load_model
+
+    torch.set_num_threads(max(1, int(config.cpus_per_replica)))
+    device = config.device or ("cuda" if torch.cuda.is_available() else None)
+    calibration = CalibrationConfig(
+        interval=config.interval, clusters=config.clusters, warmup=config.warmup, granularity=config.granularity
+    )
+    return calibrate_model(load_model(spec, device=device), [request], calibration)
+
+
+def _gpus_per_replica(config: JobConfig) -> float:
+    import ray
+
+    if config.gpus_per_replica is not None:
+        return config.gpus_per_replica
+    return 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
 
 
 def _blocks(table: pa.Table, replicas: int) -> list[pa.Table]:
@@ -269,6 +336,7 @@ def _execute(
     attempts: dict[str, int],
     run_id: str,
     summary: JobSummary,
+    solver_map: SolverMap | None,
 ) -> None:
     import ray
     from tqdm import tqdm
@@ -280,9 +348,7 @@ def _execute(
     for handler in logging.getLogger("ray.data").handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             handler.setLevel(logging.WARNING)  # Ray Data's plan chatter stays in its session log file
-    gpus = config.gpus_per_replica
-    if gpus is None:
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    gpus = _gpus_per_replica(config)
 
     bar = tqdm(total=pending.num_rows, unit="video", desc="generating", disable=not config.progress)
     remaining = pending
@@ -295,7 +361,9 @@ def _execute(
             fn_constructor_kwargs={
                 "model": spec,  # resolved: a relative model directory means the driver's
                 "out": summary.out,  # the resolved URI: a replica's working directory is not the driver's
-                "cache": config.cache,
+                "cache": config.cache_config(),
+                "solver_map": solver_map,
+                "baseline_every": config.baseline_every,
                 "run_id": run_id,
                 "extra_schema": manifest.extra_schema,
                 "device": config.device,

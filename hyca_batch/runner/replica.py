@@ -17,7 +17,9 @@ import pyarrow as pa
 import torch
 
 from hyca_batch.encode import encode_mp4
-from hyca_batch.generate import VideoGenerator
+from hyca_batch.fidelity import psnr, relative_l2, ssim
+from hyca_batch.generate import GenerationResult, VideoGenerator
+from hyca_batch.hyca import FeatureCacheConfig, SolverMap
 from hyca_batch.manifest import Request
 from hyca_batch.models import ModelSpec, load_model
 from hyca_batch.records import record_key, utcnow, video_key, write_error, write_record
@@ -42,9 +44,11 @@ class Replica:
         *,
         model: ModelSpec,
         out: str,
-        cache: str,
+        cache: FeatureCacheConfig,
         run_id: str,
         extra_schema: pa.Schema,
+        solver_map: SolverMap | None = None,
+        baseline_every: int = 0,
         device: str | None = None,
         threads: int = 1,
     ):
@@ -52,9 +56,11 @@ class Replica:
             device = "cuda"
         torch.set_num_threads(max(1, threads))
         self.loaded = load_model(model, device=device)
-        self.generator = VideoGenerator(self.loaded)
+        self.generator = VideoGenerator(self.loaded, cache=cache, solver_map=solver_map)
         self.storage = open_storage(out)
         self.cache = cache
+        self.solver_map_id = solver_map.id if solver_map is not None and cache.mode == "hyca" else None
+        self.baseline_every = baseline_every
         self.run_id = run_id
         self.extra_schema = extra_schema
 
@@ -64,6 +70,7 @@ class Replica:
 
     def process(self, row: dict[str, Any]) -> dict[str, Any]:
         attempt = int(row.pop("attempt"))
+        ordinal = int(row.pop("ordinal"))
         request = Request.from_row(row)
         started_at, t0 = utcnow(), time.perf_counter()
         try:
@@ -71,6 +78,7 @@ class Replica:
                 # Committed meanwhile (a retried block, a concurrent job): the record stands as it is.
                 return self._result(request.id, "already_done", attempt, t0)
             result = self.generator(request)
+            baseline = self._baseline(request, result) if self._wants_baseline(ordinal) else {}
             t_enc = time.perf_counter()
             data = encode_mp4(result.frames, request.fps)
             t_write = time.perf_counter()
@@ -80,11 +88,16 @@ class Replica:
                 **request.generation_params(),
                 "id": request.id,
                 "model": self.loaded.spec.name,
-                "cache_mode": self.cache,
+                "cache_mode": self.cache.mode,
+                "cache_interval": self.cache.interval,
+                "solver_map_id": self.solver_map_id,
                 **result.timings,
                 "encode_s": t_write - t_enc,
                 "transformer_passes_full": result.transformer_passes_full,
                 "transformer_passes_skipped": result.transformer_passes_skipped,
+                "full_pass_s": result.mean_full_pass_s,
+                "speedup_estimate": result.speedup_estimate,
+                **baseline,
                 "device_type": self.loaded.device.type,
                 "device_count": 1,
                 "status": "done",
@@ -126,6 +139,21 @@ class Replica:
             except Exception as write_exc:  # storage down: the driver still learns of the failure
                 message += f" (and its error record could not be written: {write_exc})"
             return self._result(request.id, "failed", attempt, t0, message)
+
+    def _wants_baseline(self, ordinal: int) -> bool:
+        return self.baseline_every > 0 and self.cache.mode != "none" and ordinal % self.baseline_every == 0
+
+    def _baseline(self, request: Request, cached: GenerationResult) -> dict[str, float]:
+        """The same request uncached, on the same model: the measured speedup and the cache's fidelity."""
+        with self.generator.uncached():
+            reference = self.generator(request)
+        return {
+            "baseline_denoise_s": reference.timings["denoise_s"],
+            "measured_speedup": reference.timings["denoise_s"] / cached.timings["denoise_s"],
+            "psnr": psnr(reference.frames, cached.frames),
+            "ssim": ssim(reference.frames, cached.frames),
+            "latent_rel_l2": relative_l2(reference.latents, cached.latents),
+        }
 
     @staticmethod
     def _result(video_id: str, status: str, attempt: int, t0: float, error: str | None = None) -> dict[str, Any]:

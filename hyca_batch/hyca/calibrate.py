@@ -1,0 +1,231 @@
+"""HyCa calibration: cluster feature channels by how their trajectories move, pick a solver per cluster.
+
+Input is a probe run's recording (every step computed fully): module name -> (T, K, D) float32, T
+denoising steps, K sampled tokens, D channels. Channels are described by a few dynamics descriptors,
+clustered with k-means, and each cluster gets the candidate solver with the lowest forecast error when
+the caching schedule is replayed on the recording exactly as the runtime will run it. The objective is
+a sum over clusters, so choosing per cluster can never be worse than the best single solver.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Sequence
+
+import torch
+
+from hyca_batch.hyca.solver_map import SolverMap
+from hyca_batch.hyca.solvers import SOLVERS, coefficient_table, get_solver, max_points
+
+DESCRIPTORS: tuple[str, ...] = (
+    "log_energy",
+    "log_diff1_energy",
+    "log_diff2_energy",
+    "log_curvature_ratio",
+    "log_jerk_ratio",
+    "log_spectral_flatness",
+)
+
+_EPS = 1e-8  # in units of the module's RMS: keeps constant channels finite (log 0, 0/0)
+_CHUNK = 512  # channels per block: bounds the float64 working set on big modules
+
+
+def _block_descriptors(x: torch.Tensor) -> torch.Tensor:
+    """(T, K, d) normalized float64 -> (d, len(DESCRIPTORS)), per token then averaged over tokens."""
+
+    def rms(v: torch.Tensor) -> torch.Tensor:
+        return v.square().mean(0).sqrt()
+
+    d1, d2, d3 = x.diff(n=1, dim=0), x.diff(n=2, dim=0), x.diff(n=3, dim=0)
+    power = torch.fft.rfft(d1, dim=0).abs().square()
+    eps2 = _EPS * _EPS
+    columns = [
+        torch.log(x.square().mean(0) + eps2),
+        torch.log(d1.square().mean(0) + eps2),
+        torch.log(d2.square().mean(0) + eps2),
+        torch.log((rms(d2) + _EPS) / (rms(d1) + _EPS)),
+        torch.log((rms(d3) + _EPS) / (rms(d2) + _EPS)),
+        # log(geometric mean / arithmetic mean) of the power spectrum: 0 for white, very negative for tonal
+        torch.log(power + eps2).mean(0) - torch.log(power.mean(0) + eps2),
+    ]
+    return torch.stack([c.mean(0) for c in columns], dim=1)
+
+
+def channel_descriptors(traj: torch.Tensor) -> torch.Tensor:
+    """(D, len(DESCRIPTORS)) float64 dynamics descriptors of each channel of a (T, K, D) trajectory.
+
+    The trajectory is first divided by the module's RMS, so energies compare across modules and the
+    ratios and spectral flatness are scale-free; all are logs, with an eps so constant channels stay finite.
+    """
+    if traj.dim() != 3:
+        raise ValueError(f"trajectory must be (T, K, D), got shape {tuple(traj.shape)}")
+    if traj.shape[0] < 4:
+        raise ValueError(f"descriptors need at least 4 steps (third differences), got {traj.shape[0]}")
+    if traj.shape[1] == 0 or traj.shape[2] == 0:
+        raise ValueError(f"trajectory has no tokens or channels: shape {tuple(traj.shape)}")
+    scale = traj.double().square().mean().sqrt().clamp_min(1e-30)
+    blocks = [
+        _block_descriptors(traj[..., i : i + _CHUNK].double() / scale) for i in range(0, traj.shape[2], _CHUNK)
+    ]
+    return torch.cat(blocks).cpu()
+
+
+def kmeans(x: torch.Tensor, k: int, *, seed: int = 0, iters: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means with k-means++ seeding: labels (M,) in [0, k) and centers (k, F) in x's units.
+
+    Features are standardized first so no descriptor dominates by its units. Deterministic for a seed:
+    a CPU ``torch.Generator`` drives the seeding, ties go to the lowest index. A cluster that empties is
+    reseeded at the point farthest from its center; with fewer distinct points than k, the extra
+    clusters stay empty (duplicate centers) and never receive a label.
+    """
+    if x.dim() != 2 or x.shape[0] == 0:
+        raise ValueError(f"kmeans needs a non-empty (M, F) matrix, got shape {tuple(x.shape)}")
+    if k < 1:
+        raise ValueError(f"kmeans needs k >= 1, got {k}")
+    dtype = x.dtype if x.is_floating_point() else torch.float64
+    x = x.detach().cpu().double()
+    mean, std = x.mean(0), x.std(0, unbiased=False)
+    std = torch.where(std > 1e-12, std, torch.ones_like(std))
+    z = (x - mean) / std
+    gen = torch.Generator().manual_seed(seed)
+
+    chosen = [int(torch.randint(z.shape[0], (1,), generator=gen))]
+    closest = (z - z[chosen[0]]).square().sum(1)
+    while len(chosen) < k:
+        if closest.sum() <= 0:  # every point already is a center: duplicate, the cluster stays empty
+            chosen.append(chosen[0])
+            continue
+        chosen.append(int(torch.multinomial(closest, 1, generator=gen)))
+        closest = torch.minimum(closest, (z - z[chosen[-1]]).square().sum(1))
+    centers = z[chosen].clone()
+
+    labels = torch.full((z.shape[0],), -1, dtype=torch.long)
+    for _ in range(iters):
+        dist = torch.cdist(z, centers).square()
+        new_labels = dist.argmin(1)
+        if torch.equal(new_labels, labels):
+            break
+        labels = new_labels
+        counts = torch.bincount(labels, minlength=k)
+        sums = torch.zeros_like(centers).index_add_(0, labels, z)
+        filled = counts > 0
+        centers[filled] = sums[filled] / counts[filled].unsqueeze(1).to(z.dtype)
+        own = dist.gather(1, labels.unsqueeze(1)).squeeze(1)
+        for c in torch.nonzero(~filled).flatten().tolist():
+            far = int(own.argmax())
+            if own[far] <= 0:
+                break  # no point is away from its center: nothing to split
+            centers[c] = z[far]
+            own[far] = 0.0
+    labels = torch.cdist(z, centers).square().argmin(1)
+    return labels, (centers * std + mean).to(dtype)
+
+
+def schedule_full_steps(num_steps: int, interval: int, warmup: int = 0) -> list[bool]:
+    """Step t is computed fully iff t < warmup or t % interval == 0 (interval 1: every step)."""
+    if num_steps < 1 or interval < 1 or warmup < 0:
+        raise ValueError(f"need num_steps >= 1, interval >= 1, warmup >= 0; got {num_steps}, {interval}, {warmup}")
+    return [t < warmup or t % interval == 0 for t in range(num_steps)]
+
+
+def forecast_errors(traj: torch.Tensor, full: Sequence[bool], history: int = 4) -> torch.Tensor:
+    """(len(SOLVERS), D) float64: per channel, each solver's squared forecast error summed over skipped
+    steps and tokens, replaying the schedule as the runtime does: the forecast at skipped step t uses
+    the newest ``history`` full steps before t (newest first, times = step indices).
+    """
+    if traj.dim() != 3:
+        raise ValueError(f"trajectory must be (T, K, D), got shape {tuple(traj.shape)}")
+    if len(full) != traj.shape[0]:
+        raise ValueError(f"schedule has {len(full)} steps, the trajectory {traj.shape[0]}")
+    if history < 1:
+        raise ValueError(f"history must be >= 1, got {history}")
+    errors = torch.zeros(len(SOLVERS), traj.shape[2], dtype=torch.float64, device=traj.device)
+    past: list[int] = []  # full steps so far, newest first
+    for t, is_full in enumerate(full):
+        if is_full:
+            past = [t, *past][:history]
+            continue
+        if not past:
+            raise ValueError(f"step {t} is skipped but no full step precedes it: the first step must be full")
+        coef = coefficient_table(past, t).to(traj.device)  # (S, H)
+        values = traj[past].double()  # (H, K, D)
+        forecast = torch.einsum("sh,hkd->skd", coef, values)
+        errors += (forecast - traj[t].double()).square().sum(1)
+    return errors
+
+
+def calibrate(
+    trajectories: dict[str, torch.Tensor],
+    *,
+    num_steps: int,
+    interval: int,
+    clusters: int,
+    warmup: int = 0,
+    seed: int = 0,
+    candidates: Sequence[str] = SOLVERS,
+    metadata: dict | None = None,
+) -> SolverMap:
+    """Cluster all (module, channel) pairs by descriptors and give each cluster its best candidate solver.
+
+    Errors are divided by each module's mean squared feature so large-magnitude modules don't dominate.
+    """
+    if not trajectories:
+        raise ValueError("calibration needs at least one recorded module")
+    candidates = tuple(dict.fromkeys(candidates))
+    if not candidates:
+        raise ValueError("calibration needs at least one candidate solver")
+    for name in candidates:
+        get_solver(name)
+    full = schedule_full_steps(num_steps, interval, warmup)
+    history = max_points(candidates)
+
+    modules = sorted(trajectories)  # order-independent: the same recording gives the same map
+    descriptors, errors, dims = [], [], []
+    for name in modules:
+        traj = trajectories[name]
+        if traj.dim() != 3 or traj.shape[0] != num_steps:
+            raise ValueError(f"trajectory of {name!r} must be ({num_steps}, K, D), got {tuple(traj.shape)}")
+        descriptors.append(channel_descriptors(traj))
+        scale = traj.double().square().mean().clamp_min(1e-30)
+        errors.append((forecast_errors(traj, full, history) / scale).cpu())
+        dims.append(traj.shape[2])
+    labels, _ = kmeans(torch.cat(descriptors), clusters, seed=seed)
+    error = torch.cat(errors, dim=1)  # (S, M)
+
+    cluster_error = torch.zeros(clusters, len(SOLVERS), dtype=torch.float64).index_add_(0, labels, error.T)
+    allowed = torch.tensor([SOLVERS.index(c) for c in candidates])
+    # ties go to the first candidate (argmin returns the first minimum)
+    cluster_solver = allowed[cluster_error[:, allowed].argmin(1)]
+
+    per_solver_total = cluster_error.sum(0)
+    mix_total = float(cluster_error.gather(1, cluster_solver.unsqueeze(1)).sum())
+    best_uniform = min(candidates, key=lambda s: float(per_solver_total[SOLVERS.index(s)]))
+    best_total = float(per_solver_total[SOLVERS.index(best_uniform)])
+    if mix_total > best_total * (1 + 1e-9) + 1e-300:
+        raise AssertionError(f"per-cluster choice ({mix_total}) worse than uniform {best_uniform} ({best_total})")
+
+    sizes = torch.bincount(labels, minlength=clusters)
+    meta = {
+        "kind": "hyca",
+        "num_inference_steps": num_steps,
+        "clusters": clusters,
+        "interval": interval,
+        "warmup": warmup,
+        "seed": seed,
+        "history": history,
+        "candidates": list(candidates),
+        "descriptors": list(DESCRIPTORS),
+        "modules": len(modules),
+        "channels": sum(dims),
+        "tokens": int(trajectories[modules[0]].shape[1]),
+        "cluster_solvers": [SOLVERS[i] for i in cluster_solver.tolist()],
+        "cluster_sizes": sizes.tolist(),
+        "cluster_errors": [float(cluster_error[c, s]) for c, s in enumerate(cluster_solver.tolist())],
+        "total_error": mix_total,
+        "uniform_errors": {s: float(per_solver_total[SOLVERS.index(s)]) for s in candidates},
+        "best_uniform_solver": best_uniform,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    meta.update(metadata or {})
+    channel_cluster = dict(zip(modules, (c.clone() for c in labels.split(dims))))
+    return SolverMap(SOLVERS, cluster_solver, channel_cluster, cluster_error, meta)

@@ -1,0 +1,81 @@
+"""Calibration on a real model: a probe run records trajectories, then ``calibrate`` builds the solver map.
+
+The probe computes every step fully and records each cached feature at a fixed sample of token positions
+(all of them at small sizes); sampling keeps the recording small at 720p, where one feature is ~10^8 values
+per step, and the channel statistics HyCa clusters on do not need every token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Sequence
+
+import torch
+
+from hyca_batch.hyca.calibrate import calibrate
+from hyca_batch.hyca.hooks import FeatureCacheConfig
+from hyca_batch.hyca.solver_map import SolverMap
+from hyca_batch.manifest import Request
+from hyca_batch.models import LoadedModel
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationConfig:
+    interval: int = 6
+    clusters: int = 8
+    warmup: int = 0
+    granularity: str = "block"
+    probe_tokens: int = 512
+    seed: int = 0
+
+
+def record_trajectories(
+    model: LoadedModel, requests: Sequence[Request], config: CalibrationConfig
+) -> dict[str, torch.Tensor]:
+    """module name -> (T, K, D): the probe's sampled features of every request, concatenated over tokens."""
+    from hyca_batch.generate import VideoGenerator  # generate imports this package
+
+    probe = FeatureCacheConfig(
+        mode="none", granularity=config.granularity, probe_tokens=config.probe_tokens, probe_seed=config.seed
+    )
+    generator = VideoGenerator(model, cache=probe)
+    try:
+        recorded = []
+        for request in requests:
+            generator(request)
+            recorded.append(generator.cache.trajectories())
+    finally:
+        generator.cache.remove()
+    return {name: torch.cat([r[name] for r in recorded], dim=1) for name in recorded[0]}
+
+
+def calibrate_model(model: LoadedModel, requests: Sequence[Request], config: CalibrationConfig) -> SolverMap:
+    """Probe ``requests`` (one or a few prompts) and choose a solver per channel cluster."""
+    if not requests:
+        raise ValueError("calibration needs at least one request")
+    steps = {r.num_inference_steps for r in requests}
+    if len(steps) != 1:
+        raise ValueError(f"calibration requests must share num_inference_steps, got {sorted(steps)}")
+    first = requests[0]
+    trajectories = record_trajectories(model, requests, config)
+    metadata = {
+        "model": model.spec.name,
+        "height": first.height,
+        "width": first.width,
+        "num_frames": first.num_frames,
+        "num_inference_steps": first.num_inference_steps,
+        "granularity": config.granularity,
+        "probe_tokens": config.probe_tokens,
+        "prompts": [r.prompt for r in requests],
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+    }
+    return calibrate(
+        trajectories,
+        num_steps=first.num_inference_steps,
+        interval=config.interval,
+        clusters=config.clusters,
+        warmup=config.warmup,
+        seed=config.seed,
+        metadata=metadata,
+    )
