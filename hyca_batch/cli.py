@@ -45,7 +45,8 @@ def print_summary(summary: JobSummary) -> None:
     table.add_column("failed", justify="right", style="red")
     table.add_column("rejected", justify="right", style="red")
     table.add_column("videos/min", justify="right")
-    table.add_column("mean s/video", justify="right")
+    table.add_column("s/video", justify="right")
+    table.add_column("speedup", justify="right")
     table.add_row(
         str(summary.total_rows),
         str(summary.done),
@@ -54,6 +55,7 @@ def print_summary(summary: JobSummary) -> None:
         str(summary.rejected),
         f"{summary.videos_per_minute:.1f}",
         f"{summary.mean_seconds_per_video:.2f}",
+        f"{summary.mean_speedup:.2f}x" if summary.speedups else "-",
     )
     console.print(table)
     for line in summary.failures[:20]:

@@ -128,11 +128,19 @@ def schedule_full_steps(num_steps: int, interval: int, warmup: int = 0) -> list[
     return [t < warmup or t % interval == 0 for t in range(num_steps)]
 
 
-def forecast_errors(traj: torch.Tensor, full: Sequence[bool], history: int = 4) -> torch.Tensor:
+def forecast_errors(
+    traj: torch.Tensor, full: Sequence[bool], history: int = 4, step_weights: Sequence[float] | None = None
+) -> torch.Tensor:
     """(len(SOLVERS), D) float64: per channel, each solver's squared forecast error summed over skipped
     steps and tokens, replaying the schedule as the runtime does: the forecast at skipped step t uses
     the newest ``history`` full steps before t (newest first, times = step indices).
+
+    ``step_weights`` scales each step's squared error: with a flow-matching sampler a velocity error at step
+    t reaches the final latent multiplied by that step's sigma decrement, so weights dsigma_t^2 make this
+    the error that the video actually sees (large early feature changes are damped by tiny early steps).
     """
+    if step_weights is not None and len(step_weights) != len(full):
+        raise ValueError(f"{len(step_weights)} step weights for a {len(full)}-step schedule")
     if traj.dim() != 3:
         raise ValueError(f"trajectory must be (T, K, D), got shape {tuple(traj.shape)}")
     if len(full) != traj.shape[0]:
@@ -150,7 +158,8 @@ def forecast_errors(traj: torch.Tensor, full: Sequence[bool], history: int = 4) 
         coef = coefficient_table(past, t).to(traj.device)  # (S, H)
         values = traj[past].double()  # (H, K, D)
         forecast = torch.einsum("sh,hkd->skd", coef, values)
-        errors += (forecast - traj[t].double()).square().sum(1)
+        weight = 1.0 if step_weights is None else float(step_weights[t])
+        errors += weight * (forecast - traj[t].double()).square().sum(1)
     return errors
 
 
@@ -164,6 +173,7 @@ def calibrate(
     seed: int = 0,
     candidates: Sequence[str] = SOLVERS,
     metadata: dict | None = None,
+    step_weights: Sequence[float] | None = None,
 ) -> SolverMap:
     """Cluster all (module, channel) pairs by descriptors and give each cluster its best candidate solver.
 
@@ -187,7 +197,7 @@ def calibrate(
             raise ValueError(f"trajectory of {name!r} must be ({num_steps}, K, D), got {tuple(traj.shape)}")
         descriptors.append(channel_descriptors(traj))
         scale = traj.double().square().mean().clamp_min(1e-30)
-        errors.append((forecast_errors(traj, full, history) / scale).cpu())
+        errors.append((forecast_errors(traj, full, history, step_weights) / scale).cpu())
         dims.append(traj.shape[2])
     labels, _ = kmeans(torch.cat(descriptors), clusters, seed=seed)
     error = torch.cat(errors, dim=1)  # (S, M)

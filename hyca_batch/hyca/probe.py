@@ -28,6 +28,7 @@ class CalibrationConfig:
     granularity: str = "block"
     probe_tokens: int = 512
     seed: int = 0
+    weighting: str = "dsigma"  # dsigma: step errors weighted by the sampler's step size squared; uniform: not
 
 
 def record_trajectories(
@@ -59,6 +60,7 @@ def calibrate_model(model: LoadedModel, requests: Sequence[Request], config: Cal
         raise ValueError(f"calibration requests must share num_inference_steps, got {sorted(steps)}")
     first = requests[0]
     trajectories = record_trajectories(model, requests, config)
+    weights = step_weights(model, first.num_inference_steps) if config.weighting == "dsigma" else None
     metadata = {
         "model": model.spec.name,
         "height": first.height,
@@ -67,6 +69,7 @@ def calibrate_model(model: LoadedModel, requests: Sequence[Request], config: Cal
         "num_inference_steps": first.num_inference_steps,
         "granularity": config.granularity,
         "probe_tokens": config.probe_tokens,
+        "weighting": config.weighting,
         "prompts": [r.prompt for r in requests],
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
@@ -78,4 +81,16 @@ def calibrate_model(model: LoadedModel, requests: Sequence[Request], config: Cal
         warmup=config.warmup,
         seed=config.seed,
         metadata=metadata,
+        step_weights=weights,
     )
+
+
+def step_weights(model: LoadedModel, num_steps: int) -> list[float]:
+    """dsigma_t^2 for each step of the pipeline's sampler: how much a velocity error at step t moves the result."""
+    import numpy as np
+
+    scheduler = model.pipeline.scheduler
+    # The sigmas HunyuanVideoPipeline passes (linear in [1, 0)), shifted by the scheduler as in the real run.
+    scheduler.set_timesteps(num_steps, sigmas=np.linspace(1.0, 0.0, num_steps + 1)[:-1], device="cpu")
+    sigmas = scheduler.sigmas.double()
+    return (sigmas[:-1] - sigmas[1:]).square().tolist()

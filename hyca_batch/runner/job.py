@@ -57,6 +57,7 @@ class JobSummary:
     merged_duplicates: int = 0
     elapsed_s: float = 0.0
     video_seconds: list[float] = field(default_factory=list)
+    speedups: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -66,6 +67,10 @@ class JobSummary:
     @property
     def mean_seconds_per_video(self) -> float:
         return sum(self.video_seconds) / len(self.video_seconds) if self.video_seconds else 0.0
+
+    @property
+    def mean_speedup(self) -> float:
+        return sum(self.speedups) / len(self.speedups) if self.speedups else 0.0
 
     @property
     def ok(self) -> bool:
@@ -83,6 +88,7 @@ class JobSummary:
             "elapsed_s": round(self.elapsed_s, 3),
             "videos_per_minute": round(self.videos_per_minute, 3),
             "mean_seconds_per_video": round(self.mean_seconds_per_video, 3),
+            "mean_speedup_estimate": round(self.mean_speedup, 3),
         }
 
 
@@ -383,6 +389,7 @@ def _execute(
                 summary.skipped += row["status"] == "already_done"
                 if row["status"] == "done":
                     summary.video_seconds.append(row["total_s"])
+                    summary.speedups.append(row["speedup"])
                 bar.update(1)
             elif row["attempt"] < config.max_attempts:
                 log.warning("video %s failed (attempt %d of %d), will retry: %s",

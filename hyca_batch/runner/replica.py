@@ -33,6 +33,7 @@ RESULT_SCHEMA = pa.schema(
         ("status", pa.string()),  # done | already_done | failed
         ("attempt", pa.int64()),
         ("total_s", pa.float64()),
+        ("speedup", pa.float64()),  # the record's speedup_estimate, for the job summary
         ("error", pa.string()),
     ]
 )
@@ -115,7 +116,8 @@ class Replica:
             record["write_s"] = time.perf_counter() - t_write
             record["total_s"] = time.perf_counter() - t0
             committed = write_record(self.storage, record, self.extra_schema, request.extra)
-            return self._result(request.id, "done" if committed else "already_done", attempt, t0)
+            status = "done" if committed else "already_done"
+            return self._result(request.id, status, attempt, t0, speedup=result.speedup_estimate)
         except Exception as exc:  # one video's failure must not cost the batch
             log.exception("video %s failed (attempt %d)", request.id, attempt)
             message = f"{type(exc).__name__}: {exc}"
@@ -156,5 +158,8 @@ class Replica:
         }
 
     @staticmethod
-    def _result(video_id: str, status: str, attempt: int, t0: float, error: str | None = None) -> dict[str, Any]:
-        return {"id": video_id, "status": status, "attempt": attempt, "total_s": time.perf_counter() - t0, "error": error}
+    def _result(
+        video_id: str, status: str, attempt: int, t0: float, error: str | None = None, speedup: float | None = None
+    ) -> dict[str, Any]:
+        return {"id": video_id, "status": status, "attempt": attempt, "total_s": time.perf_counter() - t0,
+                "speedup": speedup, "error": error}
