@@ -68,7 +68,7 @@ def print_summary(summary: JobSummary) -> None:
 def _run(config: JobConfig, force: bool, strict: bool) -> JobSummary:
     try:
         summary = run_job(config, force=force)
-    except (ManifestError, JobError, StorageError, ValueError) as exc:
+    except (ManifestError, JobError, StorageError, ValueError, OSError) as exc:
         console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
         raise typer.Exit(2)
     print_summary(summary)

@@ -286,6 +286,9 @@ def _solver_map(config: JobConfig, spec: ModelSpec, storage: Storage, pending: p
                     request.prompt[:60], config.interval, config.clusters)
         task = ray.remote(_calibrate).options(num_cpus=config.cpus_per_replica, num_gpus=_gpus_per_replica(config))
         smap = ray.get(task.remote(spec, request, config))
+    if smap.metadata.get("interval") != config.interval:
+        log.warning("solver map %s was calibrated for interval %s; this run uses %d, where its choices may not be best",
+                    smap.id, smap.metadata.get("interval"), config.interval)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / SOLVER_MAP_KEY
         smap.save(path)
