@@ -1,0 +1,103 @@
+"""Smoke test of benchmarks/cache_quality.py --quick: every method at every quick interval, numbers that add up.
+
+Nothing here asserts a timing (a CPU shared with other work makes any wall-clock threshold flaky); it checks
+the schedule (pass counts and FLOPs ratios follow from N and the step count), that every cache really
+engaged and left no state behind, and that fidelity is finite and gets worse as N grows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "cache_quality.py"
+QUICK_INTERVALS = (3, 6)
+QUICK_STEPS = 12
+OUR_METHODS = ("fora", "taylorseer-o1", "taylorseer-o2", "foca", "hyca")
+DIFFUSERS_TAYLORSEER = ("diffusers-taylorseer-o1", "diffusers-taylorseer-o2")
+FBC = ("diffusers-fbc-0.05", "diffusers-fbc-0.1", "diffusers-fbc-0.2")
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "cache_quality.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--model", "tiny", "--threads", "1", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"benchmark failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return json.loads(out.read_text()), proc.stdout
+
+
+@pytest.mark.timeout(360)
+def test_cache_quality_quick(quick):
+    result, stdout = quick
+    assert result["model"] == "tiny" and result["steps"] == QUICK_STEPS
+    assert result["intervals"] == list(QUICK_INTERVALS)
+    assert len(result["prompts"]) == 1
+    assert result["calibration"]["prompt"] not in {p["prompt"] for p in result["prompts"]}
+    assert {"torch", "diffusers"} <= set(result["versions"]) and result["date"] and result["device"] == "cpu"
+    assert result["reference"][0]["transformer_flops"] > 0
+
+    rows = {(r["method"], r["interval"]): r for r in result["rows"]}
+    assert len(rows) == len(result["rows"]), "one row per (method, N)"
+    expected = {(m, n) for n in QUICK_INTERVALS for m in OUR_METHODS + DIFFUSERS_TAYLORSEER} | {(m, None) for m in FBC}
+    assert set(rows) == expected
+
+    for row in result["rows"]:
+        assert row["deterministic"], f"{row['method']} N={row['interval']}: repeated runs differ (state leaked)"
+        assert row["transformer_passes"] == QUICK_STEPS
+        assert row["speedup"] is not None and math.isfinite(row["speedup"]) and row["speedup"] > 0
+        assert 0 <= row["latent_rel_l2"] < 0.2
+        assert 0.9 < row["ssim"] <= 1.0
+        assert row["flops_ratio_measured"] is not None and row["flops_ratio_measured"] >= 0.99
+
+    maps = result["calibration"]["maps"]
+    assert maps[str(3)]["solver_map_id"] != maps[str(6)]["solver_map_id"]
+    for n in QUICK_INTERVALS:
+        full = math.ceil(QUICK_STEPS / n)
+        ours = [rows[(m, n)] for m in OUR_METHODS]
+        for row in ours:
+            assert row["full_passes"] == full, row
+            assert row["flops_ratio"] == pytest.approx(QUICK_STEPS / full, rel=1e-3)
+            # Forecast passes still run the embedders and recompute gates: measured savings are real but
+            # below the theoretical ratio, and the same for every one of our modes (same schedule).
+            assert 1.2 < row["flops_ratio_measured"] <= row["flops_ratio"] + 1e-6
+            assert row["flops_ratio_measured"] == pytest.approx(ours[0]["flops_ratio_measured"], rel=1e-6)
+            assert row["psnr"] is not None and math.isfinite(row["psnr"]) and row["psnr"] > 25
+            assert row["latent_rel_l2"] > 0, f"{row['method']} N={n} equals the uncached video: nothing was forecast"
+        assert rows[("hyca", n)]["solver_map_id"] == maps[str(n)]["solver_map_id"]
+        for m in DIFFUSERS_TAYLORSEER:
+            row = rows[(m, n)]
+            assert row["flops_ratio"] is None
+            # The hooks engaged (its own schedule, from the first block's attention calls) ...
+            assert row["full_passes"] == row["expected_full_passes"] < QUICK_STEPS
+            # ... but it forecasts attention only, so it saves fewer FLOPs than our whole-block forecasts.
+            assert 1.0 < row["flops_ratio_measured"] < ours[0]["flops_ratio_measured"]
+            assert row["latent_rel_l2"] > 0
+
+    for m in OUR_METHODS + DIFFUSERS_TAYLORSEER:  # fewer full passes, larger error
+        assert rows[(m, 6)]["latent_rel_l2"] > rows[(m, 3)]["latent_rel_l2"], m
+    for m in OUR_METHODS:
+        assert rows[(m, 6)]["psnr"] < rows[(m, 3)]["psnr"], m
+
+    for m in FBC:
+        row = rows[(m, None)]
+        assert row["flops_ratio"] is None and 1 <= row["full_passes"] <= QUICK_STEPS
+        if row["full_passes"] == QUICK_STEPS:  # never skipped: exactly the uncached video
+            assert row["latent_rel_l2"] == 0 and row["psnr"] is None
+
+    lines = stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("method"))
+    assert "latent rel L2" in lines[header] and "FLOPs x" in lines[header]
+    for n in QUICK_INTERVALS:
+        assert any(line.startswith(f"N={n}: lowest latent rel L2: ") for line in lines)
