@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from hyca_batch.hyca.calibrate import calibrate
@@ -87,8 +88,6 @@ def calibrate_model(model: LoadedModel, requests: Sequence[Request], config: Cal
 
 def step_weights(model: LoadedModel, num_steps: int) -> list[float]:
     """dsigma_t^2 for each step of the pipeline's sampler: how much a velocity error at step t moves the result."""
-    import numpy as np
-
     scheduler = model.pipeline.scheduler
     # The sigmas HunyuanVideoPipeline passes (linear in [1, 0)), shifted by the scheduler as in the real run.
     scheduler.set_timesteps(num_steps, sigmas=np.linspace(1.0, 0.0, num_steps + 1)[:-1], device="cpu")

@@ -392,7 +392,8 @@ def _execute(
                 summary.skipped += row["status"] == "already_done"
                 if row["status"] == "done":
                     summary.video_seconds.append(row["total_s"])
-                    summary.speedups.append(row["speedup"])
+                    if row["speedup"] is not None:
+                        summary.speedups.append(row["speedup"])
                 bar.update(1)
             elif row["attempt"] < config.max_attempts:
                 log.warning("video %s failed (attempt %d of %d), will retry: %s",
