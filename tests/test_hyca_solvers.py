@@ -49,6 +49,14 @@ def test_public_names_and_order():
     }
 
 
+def _case(rng: random.Random, degree: int, nodes, offset: float):
+    """A random polynomial of ``degree`` sampled at ``nodes``, its target, and the tolerance scale."""
+    p = _poly(_random_poly(rng, degree))
+    target = nodes[0] + offset
+    values = [p(t) for t in nodes]
+    return p, target, values, 1 + max(abs(v) for v in values) + abs(p(target))
+
+
 @pytest.mark.parametrize("name", SOLVERS)
 def test_exact_up_to_declared_degree(name):
     solver = get_solver(name)
@@ -56,10 +64,7 @@ def test_exact_up_to_declared_degree(name):
     for degree in range(solver.exact_degree + 1):
         for nodes in NODE_SETS.values():
             for offset in TARGETS:
-                p = _poly(_random_poly(rng, degree))
-                target = nodes[0] + offset
-                values = [p(t) for t in nodes]
-                scale = 1 + max(abs(v) for v in values) + abs(p(target))
+                p, target, values, scale = _case(rng, degree, nodes, offset)
                 assert solver.fn(values, nodes, target) == pytest.approx(p(target), abs=1e-10 * scale)
                 coef = solver_coefficients(name, nodes, target)
                 assert float(coef @ torch.tensor(values, dtype=torch.float64)) == pytest.approx(
@@ -74,10 +79,7 @@ def test_not_exact_on_next_degree(name):
     degree = solver.exact_degree + 1
     for nodes in NODE_SETS.values():
         for offset in TARGETS:
-            p = _poly(_random_poly(rng, degree))
-            target = nodes[0] + offset
-            values = [p(t) for t in nodes]
-            scale = 1 + max(abs(v) for v in values) + abs(p(target))
+            p, target, values, scale = _case(rng, degree, nodes, offset)
             assert abs(solver.fn(values, nodes, target) - p(target)) > 1e-6 * scale, (name, nodes, offset)
 
 
