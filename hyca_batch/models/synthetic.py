@@ -97,6 +97,15 @@ def prompts(split: str) -> list[str]:
     return [make_prompt(*combo) for combo in combinations(split)]
 
 
+def heldout_test_combinations() -> list[tuple[str, str, str, str]]:
+    """One combination per held-out (color, shape, motion) triple, backgrounds rotating: 18 prompts
+    the model never saw, each a new composition of words it did see (the learned-model test)."""
+    triples: dict[tuple[str, str, str], list[tuple[str, str, str, str]]] = {}
+    for combo in combinations("heldout"):
+        triples.setdefault(combo[:3], []).append(combo)
+    return [options[i % len(options)] for i, options in enumerate(triples.values())]
+
+
 def random_spec(rng: np.random.Generator, color: str, shape: str, motion: str, background: str) -> ClipSpec:
     """Random placement for one combination: objects stay inside the frame; moves travel 18-28 px,
     size changes go between half-sizes of about 4-6 and 12-15 px."""
