@@ -1,17 +1,19 @@
-"""Train the ``mini`` HunyuanVideo on synthetic captioned clips: two CPU cores, well under an hour.
+"""Train the ``mini`` HunyuanVideo on synthetic captioned clips: two CPU cores, 43 minutes.
 
     .venv/bin/python benchmarks/train_mini.py            # writes hyca_batch/models/weights/mini
 
 The mini latent space is fixed (``hyca_batch.models.mini.latent_target``: 4x4-pooled RGB per video
 frame), so the two trained components do not depend on each other and train at the same time, each in
 its own process with one torch thread (two threads per process on two shared cores made every step
-many times slower: OpenMP threads spin-waiting on a busy core):
+many times slower: OpenMP threads spin-waiting on a busy core). The VAE ends after ~17 minutes; from
+step ``--widen-at`` the transformer runs two threads (0.33 instead of 0.5 s a step):
 
 * VAE (AutoencoderKLHunyuanVideo): the decoder learns to reconstruct 5-frame clips (the causal first
   latent frame plus one 4-frame group: the structure of every longer clip) from noisy target latents
   ``z + sigma * eps``; the encoder learns the posterior N(z, sigma^2) itself (mean -> z, log-variance ->
-  2 log sigma), so ``decode(encode(x).sample())`` is exactly what the decoder was trained on. Foreground
-  pixels weigh more: the object is ~5% of a frame.
+  2 log sigma), so ``decode(encode(x).sample())`` is exactly what the decoder was trained on. It trains
+  on 32x32 crops around the object (a crop of a clip is a crop of its latent; a quarter of the cost of
+  whole frames), and foreground pixels weigh more: the object is ~5% of a frame.
 * Transformer (HunyuanVideoTransformer3DModel): HunyuanVideo's flow matching as
   FlowMatchEulerDiscreteScheduler samples it: x_s = s * noise + (1 - s) * x0, target v = noise - x0,
   timestep = 1000 s, s from the shifted-uniform distribution the inference schedule uses, constant
@@ -53,6 +55,19 @@ from hyca_batch.models.mini import (  # noqa: E402
     latent_preview,
     latent_target,
 )
+
+
+def stage_args(args: argparse.Namespace, stage: str) -> dict:
+    """The arguments a stage ran with, for the model's hyca_batch.json (stages may run as separate commands)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def plain(v):
+        if isinstance(v, Path):
+            v = v.resolve()
+            return str(v.relative_to(root)) if v.is_relative_to(root) else str(v)
+        return v
+
+    return {k: plain(v) for k, v in vars(args).items()} | {"stage": stage}
 
 
 def log(stage: str, msg: str) -> None:
@@ -101,13 +116,42 @@ def vae_roundtrip(vae, seed: int, n: int = 32) -> tuple[float, int]:
     return (y - x).pow(2).mean().item(), ok
 
 
-def train_vae(args: argparse.Namespace, work: Path) -> None:
+def crop_around_objects(x: torch.Tensor, specs: list[S.ClipSpec], size: int, gen: torch.Generator) -> torch.Tensor:
+    """A ``size`` x ``size`` window of each clip, on the 4-pixel latent grid, near the object's path.
+
+    A crop of the video is exactly a crop of its (fixed) latent, and the VAE is convolutional, so it
+    learns from crops what it does on whole frames at a quarter of the cost; a random window would
+    mostly hold background (the object is ~5% of a frame).
+    """
+    step = 4
+    h, w = x.shape[-2:]
+    out = []
+    for clip, spec in zip(x, specs):
+        cx, cy = (spec.x0 + spec.x1) / 2, (spec.y0 + spec.y1) / 2
+        jx, jy = (torch.rand(2, generator=gen) * 16 - 8).tolist()
+        left = int(min(max(round((cx - size / 2 + jx) / step) * step, 0), w - size))
+        top = int(min(max(round((cy - size / 2 + jy) / step) * step, 0), h - size))
+        out.append(clip[..., top : top + size, left : left + size])
+    return torch.stack(out)
+
+
+def train_vae(args: argparse.Namespace, work: Path, done=None) -> None:
+    """``done`` (an Event) is set when this stage ends, however it ends: the transformer waits on it
+    before it takes the second core."""
+    try:
+        _train_vae(args, work)
+    finally:
+        if done is not None:
+            done.set()
+
+
+def _train_vae(args: argparse.Namespace, work: Path) -> None:
     setup_torch(1)
     pipe = build_untrained_mini_pipeline(args.seed)
     vae = pipe.vae.train()
     stage = "vae"
     log(stage, f"{sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M params, {args.vae_steps} steps of "
-        f"{args.vae_batch} five-frame clips, latent noise sigma {args.vae_sigma}")
+        f"{args.vae_batch} five-frame {args.vae_crop}x{args.vae_crop} crops, latent noise sigma {args.vae_sigma}")
     specs = S.sample_specs(args.vae_steps * args.vae_batch, args.seed + 1, "train")
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, betas=(0.9, 0.99), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lr(args.vae_steps, 20, 0.05))
@@ -115,11 +159,13 @@ def train_vae(args: argparse.Namespace, work: Path) -> None:
     log_var = 2.0 * math.log(args.vae_sigma)
     recs, t0 = [], time.time()
     for step in range(args.vae_steps):
-        x = to_video_tensor(clips_for(specs[step * args.vae_batch : (step + 1) * args.vae_batch], 5))
+        batch = specs[step * args.vae_batch : (step + 1) * args.vae_batch]
+        full = to_video_tensor(clips_for(batch, 5))
+        # The corner pixel of a whole frame is always background (objects stay >= 1 px from the edges).
+        fg = ((full - full[..., :1, :1]).abs().amax(1, keepdim=True) > 0.1).float()
+        x, fg = crop_around_objects(torch.cat([full, fg], 1), batch, args.vae_crop, gen).split([3, 1], 1)
         z = latent_target(x)
         y = vae.decode(z + args.vae_sigma * torch.randn(z.shape, generator=gen)).sample
-        # The corner pixel is always background (objects stay >= 1 px from the edges).
-        fg = ((x - x[..., :1, :1]).abs().amax(1, keepdim=True) > 0.1).float()
         w = 1.0 + (args.vae_fg_weight - 1.0) * fg
         w = w / w.mean()
         rec = (w * (y - x).pow(2)).mean() + 0.5 * (w * (y - x).abs()).mean()
@@ -132,16 +178,16 @@ def train_vae(args: argparse.Namespace, work: Path) -> None:
         opt.step()
         sched.step()
         recs.append(rec.item())
-        if (step + 1) % 25 == 0 or step + 1 == args.vae_steps:
+        if (step + 1) % 50 == 0 or step + 1 == args.vae_steps:
             progress(stage, step + 1, args.vae_steps, t0,
-                     f"reconstruction {np.mean(recs[-25:]):.4f} encoder {enc.item():.5f}")
-        if (step + 1) % 250 == 0 or step + 1 == args.vae_steps:
+                     f"reconstruction {np.mean(recs[-50:]):.4f} encoder {enc.item():.5f}")
+        if (step + 1) % 500 == 0 or step + 1 == args.vae_steps:
             mse, ok = vae_roundtrip(vae, args.seed)
             vae.train()
-            log(stage, f"held-out round trip: mse {mse:.4f}, color and motion read back for {ok}/32 clips")
+            log(stage, f"held-out round trip (whole frames): mse {mse:.4f}, color and motion read back for {ok}/32 clips")
             vae.save_pretrained(work / "vae", safe_serialization=True)
     (work / "vae.json").write_text(json.dumps(
-        {"final_reconstruction_loss": float(np.mean(recs[-50:])), "heldout_roundtrip_mse": mse,
+        {"args": stage_args(args, "vae"), "final_reconstruction_loss": float(np.mean(recs[-50:])), "heldout_roundtrip_mse": mse,
          "heldout_roundtrip_correct": ok, "heldout_roundtrip_n": 32, "wall_s": round(time.time() - t0)}
     ))
 
@@ -187,10 +233,14 @@ def flow_loss(model, x0, text, sigma, noise, guidance) -> torch.Tensor:
     return (pred - (noise - x0)).pow(2).mean()
 
 
-def train_transformer(args: argparse.Namespace, work: Path, scale: float) -> None:
+def train_transformer(args: argparse.Namespace, work: Path, scale: float, vae_done=None) -> None:
+    """One torch thread while the VAE trains on the other core; at step ``--widen-at`` it waits for the
+    VAE stage to end (``vae_done``; None when this stage runs alone) and goes on with two. The switch
+    is at a fixed step, not whenever the VAE happens to finish, so the run stays deterministic."""
     setup_torch(1)
     stage = "transformer"
-    pipe = build_untrained_mini_pipeline(args.seed)
+    pipe = build_untrained_mini_pipeline(args.seed, double_blocks=args.double_blocks, single_blocks=args.single_blocks)
+    pipe.set_progress_bar_config(disable=True)
     specs = S.sample_specs(args.clips, args.seed + 3, "train")
     held = S.sample_specs(64, args.seed + 4, "heldout")
     t0 = time.time()
@@ -204,6 +254,15 @@ def train_transformer(args: argparse.Namespace, work: Path, scale: float) -> Non
         f"(longest {embeds.shape[1]} tokens) in {time.time() - t0:.0f}s")
 
     tr = pipe.transformer.train()
+    # The frozen tiny Llama's prompt embeddings are raw token embeddings of std ~0.02: at the default
+    # init the text entered the transformer ~50x weaker than everything else, and after 1,500 steps
+    # samples still ignored their color word. Initialize the two layers that read them as if the
+    # embeddings were standardized.
+    text_std = embeds[masks.bool()].std().item()
+    with torch.no_grad():
+        for layer in (tr.context_embedder.proj_in, tr.context_embedder.time_text_embed.text_embedder.linear_1):
+            layer.weight.mul_(1.0 / text_std)
+    log(stage, f"prompt embedding std {text_std:.4f}: text input layers scaled by {1.0 / text_std:.1f} at init")
     ema = copy.deepcopy(tr).eval().requires_grad_(False)
     log(stage, f"{sum(p.numel() for p in tr.parameters()) / 1e6:.2f} M params, {args.steps} steps of batch {args.batch}")
     opt = torch.optim.AdamW(tr.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
@@ -219,6 +278,12 @@ def train_transformer(args: argparse.Namespace, work: Path, scale: float) -> Non
     history: list[dict] = []
     t0 = time.time()
     for step in range(args.steps):
+        if step == args.widen_at:
+            if vae_done is not None and not vae_done.is_set():
+                log(stage, f"step {step}: waiting for the VAE stage to end before taking its core")
+                vae_done.wait()
+            torch.set_num_threads(2)
+            log(stage, f"step {step}: two torch threads from here on")
         idx = torch.randint(len(specs), (args.batch,), generator=gen)
         p = prompt_ids[idx]
         x0 = latents[idx]
@@ -234,24 +299,25 @@ def train_transformer(args: argparse.Namespace, work: Path, scale: float) -> Non
             for pe, pt in zip(ema.parameters(), tr.parameters()):
                 pe.lerp_(pt, 1 - decay)
         losses.append(loss.item())
-        if (step + 1) % 25 == 0 or step + 1 == args.steps:
-            text = f"loss {np.mean(losses[-25:]):.4f} lr {sched.get_last_lr()[0]:.1e}"
-            if (step + 1) % 200 == 0 or step + 1 == args.steps:
-                with torch.no_grad():
-                    held_loss = flow_loss(ema, held_latents, held_text, held_sigma, held_noise,
-                                          torch.full((len(held),), MINI_GUIDANCE * 1000.0)).item()
-                history.append({"step": step + 1, "train_loss": float(np.mean(losses[-100:])), "heldout_loss": held_loss})
-                text += f", held-out loss (EMA) {held_loss:.4f}"
-            progress(stage, step + 1, args.steps, t0, text)
-    ema.save_pretrained(work / "transformer", safe_serialization=True)
-    pipe.register_modules(transformer=ema)
-    pipe.set_progress_bar_config(disable=True)
-    acc = evaluate(pipe, preview_scale=scale)
-    log(stage, f"held-out prompts read from the latents (no decoder): color {acc['color']:.2f}, motion "
-        f"{acc['motion']:.2f}, both {acc['both']:.2f} (n={acc['n']})")
-    (work / "transformer.json").write_text(json.dumps(
-        {"history": history, "heldout_latent_eval": acc, "wall_s": round(time.time() - t0)}
-    ))
+        if (step + 1) % 100 == 0 or step + 1 == args.steps:
+            progress(stage, step + 1, args.steps, t0, f"loss {np.mean(losses[-100:]):.4f} lr {sched.get_last_lr()[0]:.1e}")
+        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+            # Held-out prompts generated with the EMA weights and read straight from the latents
+            # (latent_preview), so this stage needs no decoder; the EMA is saved each time.
+            pipe.register_modules(transformer=ema)
+            with torch.no_grad():
+                held_loss = flow_loss(ema, held_latents, held_text, held_sigma, held_noise,
+                                      torch.full((len(held),), MINI_GUIDANCE * 1000.0)).item()
+            acc = evaluate(pipe, preview_scale=scale)
+            history.append({"step": step + 1, "train_loss": float(np.mean(losses[-100:])), "heldout_loss": held_loss,
+                            "heldout_latent_eval": {k: v for k, v in acc.items() if k != "rows"}})
+            log(stage, f"step {step + 1}: held-out flow loss (EMA) {held_loss:.4f}; held-out prompts read from "
+                f"the latents: color {acc['color']:.2f}, motion {acc['motion']:.2f}, both {acc['both']:.2f} (n={acc['n']})")
+            ema.save_pretrained(work / "transformer", safe_serialization=True)
+            (work / "transformer.json").write_text(json.dumps(
+                {"args": stage_args(args, "transformer"), "history": history, "heldout_latent_eval": acc,
+                 "wall_s": round(time.time() - t0)}
+            ))
 
 
 # --- assembly and evaluation -----------------------------------------------------------------------
@@ -301,15 +367,21 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vae-steps", type=int, default=2000)
     ap.add_argument("--vae-batch", type=int, default=4)
+    ap.add_argument("--vae-crop", type=int, default=32, help="VAE training crop (pixels, a multiple of 4)")
     ap.add_argument("--vae-lr", type=float, default=2e-3)
     ap.add_argument("--vae-sigma", type=float, default=0.05, help="posterior std: latent noise the decoder is trained on")
-    ap.add_argument("--vae-fg-weight", type=float, default=10.0, help="loss weight of foreground pixels")
+    ap.add_argument("--vae-fg-weight", type=float, default=3.0, help="loss weight of foreground pixels")
     ap.add_argument("--vae-enc-weight", type=float, default=1.0)
     ap.add_argument("--clips", type=int, default=4000, help="training clips for the transformer")
-    ap.add_argument("--steps", type=int, default=1500, help="transformer steps")
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=6500, help="transformer steps")
+    ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--ema", type=float, default=0.995)
+    ap.add_argument("--ema", type=float, default=0.998)
+    ap.add_argument("--double-blocks", type=int, default=1)
+    ap.add_argument("--single-blocks", type=int, default=2)
+    ap.add_argument("--widen-at", type=int, default=1700,
+                    help="transformer step from which it runs two threads, once the VAE stage has ended")
+    ap.add_argument("--eval-every", type=int, default=1500, help="transformer steps between held-out evaluations")
     ap.add_argument("--stage", choices=("all", "vae", "transformer", "assemble"), default="all",
                     help="run one stage in this process (work files under OUT.work), or all (both in parallel)")
     args = ap.parse_args()
@@ -329,8 +401,9 @@ def main() -> None:
         return
     if args.stage == "all":
         ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=train_vae, args=(args, work), name="vae"),
-                 ctx.Process(target=train_transformer, args=(args, work, scale), name="transformer")]
+        vae_done = ctx.Event()
+        procs = [ctx.Process(target=train_vae, args=(args, work, vae_done), name="vae"),
+                 ctx.Process(target=train_transformer, args=(args, work, scale, vae_done), name="transformer")]
         for proc in procs:
             proc.start()
         for proc in procs:
@@ -356,7 +429,7 @@ def main() -> None:
         "seed": args.seed,
         "training": {
             "script": "benchmarks/train_mini.py",
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "args": stage_args(args, args.stage),
             "vae": json.loads((work / "vae.json").read_text()),
             "transformer": json.loads((work / "transformer.json").read_text()),
             "heldout_eval": acc,
