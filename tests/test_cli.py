@@ -52,6 +52,20 @@ def test_demo_end_to_end(ray_session, tmp_path):
     for video in videos:
         assert decode_mp4(video.read_bytes()).frames.shape[0] == 9
     assert "demo finished" in first.stderr
+    # The demo runs the trained mini model: its videos show what their prompts say (the mp4s decoded back,
+    # so this also covers the encoder). One of the four may miss (the learned-model test has the numbers).
+    from hyca_batch.models import synthetic as S
+    from hyca_batch.records import read_records
+    from hyca_batch.storage import open_storage
+
+    table = read_records(open_storage(str(tmp_path / "demo")))
+    assert set(table.column("model").to_pylist()) == {"mini"}
+    shown = 0
+    for prompt, rid in zip(table.column("prompt").to_pylist(), table.column("id").to_pylist()):
+        color, _, motion, _ = S.parse_prompt(prompt)
+        m = S.measure_clip(decode_mp4((tmp_path / "demo" / "videos" / f"{rid}.mp4").read_bytes()).frames)
+        shown += m.color == color and m.motion == motion
+    assert shown >= 3, f"only {shown}/4 demo videos show their prompt"
     second = run_cli("demo", "--out", "demo", env=env, cwd=tmp_path)
     assert second.returncode == 0
     assert sorted((tmp_path / "demo" / "records").glob("*.parquet")) == records

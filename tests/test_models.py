@@ -326,10 +326,19 @@ def test_resolve_presets():
         assert d.height % 16 == 0 and d.width % 16 == 0 and (d.num_frames - 1) % 4 == 0
 
 
+def test_resolve_shipped_preset_without_its_weights_is_a_clear_error(tmp_path, monkeypatch):
+    from hyca_batch.models import registry
+
+    missing = tmp_path / "weights" / "mini"
+    monkeypatch.setitem(registry.PRESETS, "mini", ModelSpec("mini", "diffusers", str(missing), TINY_DEFAULTS))
+    with pytest.raises(ValueError, match=r"'mini' preset's weights are missing.*train_mini\.py"):
+        resolve_model("mini")
+
+
 def test_resolve_is_cheap():
     code = (
         "import sys; from hyca_batch.models import resolve_model;"
-        "resolve_model('tiny'); resolve_model('hunyuanvideo');"
+        "resolve_model('tiny'); resolve_model('hunyuanvideo'); resolve_model('mini');"
         "print(sorted(m for m in ('diffusers', 'transformers', 'tokenizers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)

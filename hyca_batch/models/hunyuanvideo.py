@@ -64,8 +64,15 @@ def load_diffusers_pipeline(
     Tiling is what lets a 720p x 129-frame decode fit in one GPU's memory; on small inputs it is a
     no-op. Failure to find the files raises ModelUnavailableError naming the source and the fix.
     """
+    import diffusers
+    import transformers
     from diffusers import HunyuanVideoPipeline
     from diffusers.pipelines import pipeline_utils
+
+    # Their per-component loading bars, from every replica at once, garble a job's log; the job reports
+    # its own progress.
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
     # Newer diffusers (0.42 here) take ``dtype=`` and deprecate ``torch_dtype=``; older ones, which
     # pyproject still allows, know only ``torch_dtype=`` and would silently ignore ``dtype=``.

@@ -21,6 +21,7 @@ from hyca_batch.models.hunyuanvideo import (
     load_diffusers_pipeline,
 )
 from hyca_batch.models.metadata import read_model_defaults
+from hyca_batch.models.mini import MINI_DEFAULTS, MINI_DIR
 from hyca_batch.models.tiny import TINY_DEFAULTS, build_tiny_pipeline
 
 if TYPE_CHECKING:
@@ -37,9 +38,9 @@ _HUB_ID = re.compile(r"^(?!.*(--|\.\.))[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]
 class ModelSpec:
     """A resolved model: enough to validate requests and to load it later, anywhere."""
 
-    name: str  # what records show: "tiny", "hunyuanvideo", the hub id, or the resolved local path
+    name: str  # what records show: the preset name, the hub id, or the resolved local path
     kind: str  # "tiny" (built in memory) or "diffusers" (from_pretrained)
-    source: str  # hub id or absolute local path ("" for tiny)
+    source: str  # hub id or absolute local path ("" for tiny; the package's weights dir for mini)
     defaults: GenerationDefaults
 
 
@@ -55,6 +56,8 @@ class LoadedModel:
 
 PRESETS: dict[str, ModelSpec] = {
     "tiny": ModelSpec(name="tiny", kind=KIND_TINY, source="", defaults=TINY_DEFAULTS),
+    # Shipped weights, loaded by path through from_pretrained exactly like a user's local directory.
+    "mini": ModelSpec(name="mini", kind=KIND_DIFFUSERS, source=str(MINI_DIR), defaults=MINI_DEFAULTS),
     "hunyuanvideo": ModelSpec(
         name="hunyuanvideo", kind=KIND_DIFFUSERS, source=HUNYUANVIDEO_HUB_ID, defaults=HUNYUANVIDEO_DEFAULTS
     ),
@@ -71,7 +74,15 @@ def resolve_model(model: str) -> ModelSpec:
     if not isinstance(model, str) or not model.strip():
         raise ValueError(f"model must be a non-empty string, got {model!r}; presets: {', '.join(PRESETS)}")
     if model in PRESETS:
-        return PRESETS[model]
+        spec = PRESETS[model]
+        shipped = spec.kind == KIND_DIFFUSERS and Path(spec.source).is_absolute()
+        if shipped and not (Path(spec.source) / "model_index.json").is_file():
+            raise ValueError(
+                f"the {model!r} preset's weights are missing: {spec.source!r} has no model_index.json. "
+                f"They ship with the package; in a checkout, restore them with git or retrain them with "
+                f"`python benchmarks/train_{model}.py`"
+            )
+        return spec
     path = Path(model).expanduser()
     if path.exists():
         resolved = path.resolve()
