@@ -28,6 +28,7 @@ DESCRIPTORS: tuple[str, ...] = (
 
 _EPS = 1e-8  # in units of the module's RMS: keeps constant channels finite (log 0, 0/0)
 _CHUNK = 512  # channels per block: bounds the float64 working set on big modules
+TIE_TOLERANCE = 1e-6  # relative: solver errors this close count as equal (see the choice below)
 
 
 def _block_descriptors(x: torch.Tensor) -> torch.Tensor:
@@ -204,8 +205,12 @@ def calibrate(
 
     cluster_error = torch.zeros(clusters, len(SOLVERS), dtype=torch.float64).index_add_(0, labels, error.T)
     allowed = torch.tensor([SOLVERS.index(c) for c in candidates])
-    # ties go to the first candidate (argmin returns the first minimum)
-    cluster_solver = allowed[cluster_error[:, allowed].argmin(1)]
+    # Ties go to the first (simplest) candidate. Near-ties too: solvers that coincide on a short history
+    # (ab3 falls back to ab2's points) score equal up to float noise, and the noise of another summation
+    # order (sequence parallelism's) must not flip the choice.
+    candidate_error = cluster_error[:, allowed]
+    tied = candidate_error <= candidate_error.min(1, keepdim=True).values * (1 + TIE_TOLERANCE)
+    cluster_solver = allowed[tied.int().argmax(1)]
 
     per_solver_total = cluster_error.sum(0)
     mix_total = float(cluster_error.gather(1, cluster_solver.unsqueeze(1)).sum())

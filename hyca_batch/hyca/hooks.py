@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
@@ -116,6 +117,9 @@ class FeatureCache:
         self.states = _States(_CacheState)
         self.stats = PassStats()
         self.bypassed = False  # True: every step full and nothing stored (the uncached baseline)
+        # Under sequence parallelism: (B, chunk, D) video features -> the whole video's, on every rank. Only
+        # the calibration probe uses it, so that its recording (and the solver map) equal the single-rank one.
+        self.gather_video: Callable[[torch.Tensor], torch.Tensor] | None = None
         # Probe recordings live here, not in the per-context state, which the pipeline resets after each call.
         self.probe: dict[str, dict[str, list[torch.Tensor]]] = {}
         self.probe_index: dict[str, torch.Tensor] = {}
@@ -157,14 +161,17 @@ class FeatureCache:
     def is_full(self, step: int) -> bool:
         return self.bypassed or self.config.is_full(step)
 
-    def store(self, state: _CacheState, name: str, value: torch.Tensor, usable: int | None = None) -> None:
-        """Push a full step's feature. The probe samples only its first ``usable`` positions (video tokens,
-        then unmasked text: padding is computed but never attended to, and would swamp small models' statistics).
+    def store(self, state: _CacheState, name: str, value: torch.Tensor, video: int = 0, padding: int = 0) -> None:
+        """Push a full step's feature: ``video`` leading video tokens, then text whose last ``padding``
+        positions the probe skips (text padding is computed but never attended to, and would swamp small
+        models' statistics).
         """
         if self.bypassed:
             return
         if self.config.probe_tokens > 0:
-            self._record_probe(state, name, value, usable or value.shape[1])
+            if self.gather_video is not None and video:
+                value = torch.cat([self.gather_video(value[:, :video]), value[:, video:]], dim=1)
+            self._record_probe(state, name, value, value.shape[1] - padding)
         if self.config.mode == "none":
             return
         slots = state.history.setdefault(name, [])
@@ -213,6 +220,11 @@ class FeatureCache:
         for block in _blocks(self.transformer):
             HookRegistry.check_if_exists_or_initialize(block).remove_hook(_BLOCK_HOOK, recurse=False)
         del self.transformer._hyca_cache
+
+
+def _text_padding(state: _CacheState, text: torch.Tensor) -> int:
+    """Trailing text positions no token attends to (none once sequence parallelism has dropped them)."""
+    return 0 if state.text_tokens is None else max(0, text.shape[1] - state.text_tokens)
 
 
 def _arg(args: tuple, kwargs: dict, index: int, name: str):
@@ -301,14 +313,12 @@ class _DoubleBlockHook(_BlockHook):
         if state.full:
             output = self.fn_ref.original_forward(*args, **kwargs)
             attn, ctx_attn = self.capture.values.pop("attn")
-            text = state.text_tokens
-            for key, value, usable in (
-                ("attn", attn, None),
-                ("ctx_attn", ctx_attn, text),
-                ("ff", self.capture.values.pop("ff"), None),
-                ("ctx_ff", self.capture.values.pop("ctx_ff"), text),
-            ):
-                self.cache.store(state, f"{self.name}.{key}", value, usable)
+            padding = _text_padding(state, ctx_attn)
+            self.cache.store(state, f"{self.name}.attn", attn, video=attn.shape[1])
+            self.cache.store(state, f"{self.name}.ctx_attn", ctx_attn, padding=padding)
+            ff = self.capture.values.pop("ff")
+            self.cache.store(state, f"{self.name}.ff", ff, video=ff.shape[1])
+            self.cache.store(state, f"{self.name}.ctx_ff", self.capture.values.pop("ctx_ff"), padding=padding)
             return output
         hidden, context = _arg(args, kwargs, 0, "hidden_states"), _arg(args, kwargs, 1, "encoder_hidden_states")
         temb = _arg(args, kwargs, 2, "temb")
@@ -338,8 +348,8 @@ class _SingleBlockHook(_BlockHook):
         if state.full:
             output = self.fn_ref.original_forward(*args, **kwargs)
             # The joint sequence is image tokens, then text with its valid tokens first.
-            text = state.text_tokens if state.text_tokens is not None else context.shape[1]
-            self.cache.store(state, name, self.capture.values.pop("proj_out"), hidden.shape[1] + text)
+            value = self.capture.values.pop("proj_out")
+            self.cache.store(state, name, value, video=hidden.shape[1], padding=_text_padding(state, context))
             return output
         temb = _arg(args, kwargs, 2, "temb")
         text_len = context.shape[1]
@@ -366,8 +376,9 @@ class _StackHook(_BlockHook):
                 state.stack_input = (hidden, context)
             output = self.fn_ref.original_forward(*args, **kwargs)
             if self.last:
-                self.cache.store(state, "stack.img", output[0] - state.stack_input[0])
-                self.cache.store(state, "stack.txt", output[1] - state.stack_input[1], state.text_tokens)
+                self.cache.store(state, "stack.img", output[0] - state.stack_input[0], video=output[0].shape[1])
+                txt = output[1] - state.stack_input[1]
+                self.cache.store(state, "stack.txt", txt, padding=_text_padding(state, txt))
                 state.stack_input = None
             return output
         if not self.last:
