@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
@@ -21,10 +21,13 @@ from hyca_batch.hyca import FeatureCacheConfig, SolverMap, apply_feature_cache
 from hyca_batch.manifest import Request
 from hyca_batch.models import LoadedModel
 
+if TYPE_CHECKING:
+    from hyca_batch.parallel.shard import SequenceParallel
+
 
 @dataclass
 class GenerationResult:
-    frames: np.ndarray  # (F, H, W, 3) uint8 RGB
+    frames: np.ndarray  # (F, H, W, 3) uint8 RGB; empty on sequence-parallel ranks other than 0
     latents: torch.Tensor  # final latents, for fidelity comparisons
     timings: dict[str, float] = field(default_factory=dict)  # text_encode_s, denoise_s, decode_s
     transformer_passes_full: int = 0
@@ -45,14 +48,26 @@ def _sync(device: torch.device) -> None:
 
 
 class VideoGenerator:
-    """Generates videos with one loaded model and one installed cache; one per replica, reused for every request."""
+    """Generates videos with one loaded model and one installed cache; one per replica, reused for every request.
+
+    Under sequence parallelism (``parallel``, installed on the transformer by ``apply_sequence_parallel``)
+    every rank runs this with the same request; the latents are gathered after the loop, and rank 0 alone
+    decodes (tiled).
+    """
 
     def __init__(
-        self, model: LoadedModel, cache: FeatureCacheConfig | None = None, solver_map: SolverMap | None = None
+        self,
+        model: LoadedModel,
+        cache: FeatureCacheConfig | None = None,
+        solver_map: SolverMap | None = None,
+        parallel: "SequenceParallel | None" = None,
     ):
         self.model = model
         self.pipeline = model.pipeline
+        self.parallel = parallel
         self.cache = apply_feature_cache(self.pipeline.transformer, cache or FeatureCacheConfig(mode="none"), solver_map)
+        if parallel is not None and parallel.world > 1:
+            self.cache.gather_video = parallel.gather_tokens
 
     @contextmanager
     def uncached(self) -> Iterator[None]:
@@ -88,17 +103,23 @@ class VideoGenerator:
             output_type="latent",
             return_dict=False,
         )[0]
+        if self.parallel is not None:
+            latents = self.parallel.gather_latents(latents)
         _sync(device)
         t2 = time.perf_counter()
-        vae = pipe.vae
-        video = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
-        frames = pipe.video_processor.postprocess_video(video, output_type="np")[0]  # (F, H, W, 3) in [0, 1]
+        if self.parallel is None or self.parallel.rank == 0:
+            vae = pipe.vae
+            video = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+            frames = pipe.video_processor.postprocess_video(video, output_type="np")[0]  # (F, H, W, 3) in [0, 1]
+            frames = (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+        else:
+            frames = np.zeros((0, 0, 0, 3), dtype=np.uint8)
         _sync(device)
         t3 = time.perf_counter()
 
         stats = self.cache.stats
         return GenerationResult(
-            frames=(np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8),
+            frames=frames,
             latents=latents.float().cpu(),
             timings={"text_encode_s": t1 - t0, "denoise_s": t2 - t1, "decode_s": t3 - t2},
             transformer_passes_full=stats.full,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -19,6 +19,9 @@ from hyca_batch.hyca.hooks import FeatureCacheConfig
 from hyca_batch.hyca.solver_map import SolverMap
 from hyca_batch.manifest import Request
 from hyca_batch.models import LoadedModel
+
+if TYPE_CHECKING:
+    from hyca_batch.parallel.shard import SequenceParallel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,15 +36,22 @@ class CalibrationConfig:
 
 
 def record_trajectories(
-    model: LoadedModel, requests: Sequence[Request], config: CalibrationConfig
+    model: LoadedModel,
+    requests: Sequence[Request],
+    config: CalibrationConfig,
+    parallel: "SequenceParallel | None" = None,
 ) -> dict[str, torch.Tensor]:
-    """module name -> (T, K, D): the probe's sampled features of every request, concatenated over tokens."""
+    """module name -> (T, K, D): the probe's sampled features of every request, concatenated over tokens.
+
+    Under sequence parallelism each rank gathers the video features before sampling, so every rank
+    records what a single process would.
+    """
     from hyca_batch.generate import VideoGenerator  # generate imports this package
 
     probe = FeatureCacheConfig(
         mode="none", granularity=config.granularity, probe_tokens=config.probe_tokens, probe_seed=config.seed
     )
-    generator = VideoGenerator(model, cache=probe)
+    generator = VideoGenerator(model, cache=probe, parallel=parallel)
     try:
         recorded = []
         for request in requests:
@@ -52,7 +62,12 @@ def record_trajectories(
     return {name: torch.cat([r[name] for r in recorded], dim=1) for name in recorded[0]}
 
 
-def calibrate_model(model: LoadedModel, requests: Sequence[Request], config: CalibrationConfig) -> SolverMap:
+def calibrate_model(
+    model: LoadedModel,
+    requests: Sequence[Request],
+    config: CalibrationConfig,
+    parallel: "SequenceParallel | None" = None,
+) -> SolverMap:
     """Probe ``requests`` (one or a few prompts) and choose a solver per channel cluster."""
     if not requests:
         raise ValueError("calibration needs at least one request")
@@ -60,7 +75,7 @@ def calibrate_model(model: LoadedModel, requests: Sequence[Request], config: Cal
     if len(steps) != 1:
         raise ValueError(f"calibration requests must share num_inference_steps, got {sorted(steps)}")
     first = requests[0]
-    trajectories = record_trajectories(model, requests, config)
+    trajectories = record_trajectories(model, requests, config, parallel)
     weights = step_weights(model, first.num_inference_steps) if config.weighting == "dsigma" else None
     metadata = {
         "model": model.spec.name,

@@ -1,0 +1,171 @@
+"""USP attention for HunyuanVideo's joint video+text attention, and the processor that calls it.
+
+Layout follows xfuser's ``xFuserLongContextAttention`` with ``joint_strategy="rear"``: each rank holds
+its chunk of video tokens and all text tokens. Queries ``[video chunk, text]`` go through the Ulysses
+all-to-all (sequence gathered, heads scattered); text keys/values are replicated, so each rank takes its
+heads' slice; the ring passes video KV blocks and the text KV joins the last block; the inverse
+all-to-all returns ``[video chunk, text]`` with all heads. Text queries are attended once per Ulysses
+rank (duplicated work, no extra communication), as in xfuser.
+
+Two backends do exactly this: ``xfuser`` (CUDA, its flash-attention ring) and ``torch``, built here on
+yunchang's communication primitives (the library xfuser is built on) with an attention kernel that
+returns the log-sum-exp the ring needs. The torch backend also handles a padded last chunk (token
+counts that do not divide by the ranks) by dropping padded keys before the kernel; xfuser cannot mask,
+so a padded video falls back to the torch backend.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from hyca_batch.parallel.shard import SequenceParallel
+
+log = logging.getLogger(__name__)
+
+
+def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention over (B, S, H, D) tensors: output (B, S, H, D) and log-sum-exp (B, H, S), float32."""
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    if q.is_cuda:
+        from yunchang.globals import HAS_FLASH_ATTN
+
+        if HAS_FLASH_ATTN:
+            from yunchang.kernels.attention import flash_attn_forward
+
+            out, lse = flash_attn_forward(q, k, v, softmax_scale=q.shape[-1] ** -0.5, softcap=0.0)
+            return out, lse.float()
+        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(qt, kt, vt, None, True)[:2]
+        return out.transpose(1, 2), lse[..., : q.shape[1]].float()
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qt, kt, vt)[:2]
+    return out.transpose(1, 2), lse.float()
+
+
+def usp_attention_torch(
+    sp: "SequenceParallel",
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    text_q: torch.Tensor,
+    text_k: torch.Tensor,
+    text_v: torch.Tensor,
+) -> torch.Tensor:
+    """(B, c, H, D) video chunk + (B, T, H, D) text -> (B, c + T, H, D), over the replica's ranks."""
+    from yunchang.comm.all_to_all import SeqAllToAll4D
+    from yunchang.ring.utils import RingComm, update_out_and_lse
+
+    groups = sp.groups
+    heads = q.shape[2] // groups.ulysses
+    q = torch.cat([q, text_q], dim=1)
+    if groups.ulysses > 1:
+        q, k, v = (SeqAllToAll4D.apply(groups.ulysses_group, x.contiguous(), 2, 1) for x in (q, k, v))
+    first = groups.ulysses_rank * heads
+    text_k, text_v = text_k[:, :, first : first + heads], text_v[:, :, first : first + heads]
+
+    block = k.shape[1]  # video tokens per Ulysses group: one ring block
+    comm = RingComm(groups.ring_group) if groups.ring > 1 else None
+    out = lse = None
+    for step in range(groups.ring):
+        last = step == groups.ring - 1
+        if not last:
+            next_k, next_v = comm.send_recv(k), comm.send_recv(v)
+            comm.commit()
+        owner = (groups.ring_rank - step) % groups.ring  # whose block this is: its global position
+        valid = max(0, min(block, sp.tokens - owner * block))  # padded keys sit at the end of the sequence
+        keys, values = k[:, :valid], v[:, :valid]
+        if last:
+            keys, values = torch.cat([keys, text_k], dim=1), torch.cat([values, text_v], dim=1)
+        if keys.shape[1]:
+            block_out, block_lse = attention_with_lse(q, keys, values)
+            out, lse = update_out_and_lse(out, lse, block_out, block_lse)
+        if not last:
+            comm.wait()
+            k, v = next_k, next_v
+    out = out.to(q.dtype)
+    if groups.ulysses > 1:
+        out = SeqAllToAll4D.apply(groups.ulysses_group, out.contiguous(), 1, 2)
+    return out
+
+
+class _XfuserAttention:
+    """xfuser's USP attention with the same groups (yunchang's, set by ``init_groups``)."""
+
+    def __init__(self) -> None:
+        from xfuser.core.long_ctx_attention import xFuserLongContextAttention
+        from yunchang.globals import HAS_FLASH_ATTN
+        from yunchang.kernels import AttnType
+
+        self.kernel = "flash-attn" if HAS_FLASH_ATTN else "torch-efficient"
+        self.op = xFuserLongContextAttention(attn_type=AttnType.FA if HAS_FLASH_ATTN else AttnType.TORCH_EFFICIENT)
+
+    def __call__(self, q, k, v, text_q, text_k, text_v) -> torch.Tensor:
+        return self.op(None, q, k, v, joint_tensor_query=text_q, joint_tensor_key=text_k,
+                       joint_tensor_value=text_v, joint_strategy="rear")
+
+
+def make_xfuser_attention(backend: str, device: torch.device) -> _XfuserAttention | None:
+    """xfuser's attention where the backend asks for it and it imports; None means the torch backend."""
+    if backend == "torch" or device.type != "cuda":
+        if backend == "xfuser":
+            raise ValueError("the xfuser attention backend needs CUDA devices; use --sp-attention torch or auto")
+        return None
+    try:
+        return _XfuserAttention()
+    except ImportError as exc:
+        if backend == "xfuser":
+            raise ValueError(f"--sp-attention xfuser, but xfuser cannot be imported: {exc}. Install the [gpu] extra") from exc
+        log.warning("xfuser is not importable (%s); sequence parallelism uses the torch attention backend", exc)
+        return None
+
+
+def _project(x, heads, to_q, to_k, to_v, norm_q, norm_k) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, S, heads x D) -> q, k, v as (B, S, heads, D), q and k normalized: diffusers' steps 1-2."""
+    q, k, v = (proj(x).unflatten(2, (heads, -1)) for proj in (to_q, to_k, to_v))
+    if norm_q is not None:
+        q = norm_q(q)
+    if norm_k is not None:
+        k = norm_k(k)
+    return q, k, v
+
+
+class SPAttnProcessor:
+    """diffusers' ``HunyuanVideoAttnProcessor2_0`` with its attention call replaced by USP attention.
+
+    Steps 1-4 and 6 are the diffusers processor's, in the same order, so a rank computes exactly what the
+    single-process model computes on its tokens. The attention mask is not used: text padding was
+    dropped before the blocks (``SequenceParallel``), and video padding is dropped inside the attention.
+    """
+
+    def __init__(self, sp: "SequenceParallel"):
+        self.sp = sp
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        text_len = encoder_hidden_states.shape[1]
+        if attn.add_q_proj is None:  # single-stream block: one projection over [video, text]
+            hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
+
+        query, key, value = _project(hidden_states, attn.heads, attn.to_q, attn.to_k, attn.to_v, attn.norm_q, attn.norm_k)
+        if attn.add_q_proj is None:
+            (query, text_q), (key, text_k), (value, text_v) = (
+                (x[:, :-text_len], x[:, -text_len:]) for x in (query, key, value)
+            )
+        else:
+            text_q, text_k, text_v = _project(encoder_hidden_states, attn.heads, attn.add_q_proj, attn.add_k_proj,
+                                              attn.add_v_proj, attn.norm_added_q, attn.norm_added_k)
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+
+        out = self.sp.attention(query, key, value, text_q, text_k, text_v)
+        out = out.flatten(2, 3).to(query.dtype)
+        hidden_states, encoder_hidden_states = out[:, :-text_len], out[:, -text_len:]
+        if getattr(attn, "to_out", None) is not None:
+            hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if getattr(attn, "to_add_out", None) is not None:
+            encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        return hidden_states, encoder_hidden_states

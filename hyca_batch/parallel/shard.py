@@ -1,0 +1,199 @@
+"""Sequence parallelism for diffusers' HunyuanVideoTransformer3DModel, as hooks in the style of ``diffusers.hooks``.
+
+The transformer's own forward runs unchanged on every rank; hooks change what flows through it:
+
+- ``x_embedder``: the patch tokens are padded to a multiple of the ranks and each rank keeps its chunk;
+- ``rope``: the rotary tables are split the same way;
+- ``context_embedder``: text padding is dropped (it is never attended to; xDiT does the same), so the
+  joint attention needs no mask; text tokens are replicated on every rank;
+- every block's attention processor: USP attention (``attention.py``);
+- ``proj_out``: the rank's output tokens are placed into a full-size zero tensor, without communication.
+
+The last point is what lets a HyCa skipped step run with no collective at all: patch embedding works
+per patch and the flow-matching scheduler step is elementwise, so each rank's latents stay correct on
+its own patches through the whole denoising loop, and one ``gather_latents`` after the loop (an
+all-reduce of each rank's owned patches) assembles the video. A full step's only collectives are the
+attention's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from diffusers.hooks import HookRegistry, ModelHook
+
+from hyca_batch.parallel.attention import SPAttnProcessor, make_xfuser_attention, usp_attention_torch
+from hyca_batch.parallel.config import ParallelConfig
+from hyca_batch.parallel.groups import SPGroups
+
+_HOOK = "hyca_sequence_parallel"
+
+
+@dataclass
+class SequenceParallel:
+    """One rank's view of the sharded transformer: its groups and the current video's token layout."""
+
+    groups: SPGroups
+    patch: tuple[int, int, int]  # (t, h, w) patch size of the transformer
+    xfuser: object | None = None  # xfuser's attention op, when that backend is in use
+    tokens: int = 0  # video tokens of the current video (set by the x_embedder hook)
+    chunk: int = 0  # tokens per rank, padding included
+    latent_grid: tuple[int, int, int] = (0, 0, 0)  # (frames, height, width) in patches
+    _processors: dict = field(default_factory=dict)
+
+    @property
+    def rank(self) -> int:
+        return self.groups.rank
+
+    @property
+    def world(self) -> int:
+        return self.groups.world
+
+    @property
+    def padded(self) -> bool:
+        return self.chunk * self.world != self.tokens
+
+    @property
+    def attention_kernel(self) -> str:
+        return f"xfuser ({self.xfuser.kernel})" if self.xfuser is not None else "torch"
+
+    def layout(self, tokens: int) -> None:
+        self.tokens = tokens
+        self.chunk = -(-tokens // self.world)
+
+    def shard(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """This rank's chunk of a full-length tensor along ``dim``, zero-padded at the end."""
+        pad = self.chunk * self.world - x.shape[dim]
+        if pad:
+            shape = list(x.shape)
+            shape[dim] = pad
+            x = torch.cat([x, x.new_zeros(shape)], dim=dim)
+        return x.narrow(dim, self.rank * self.chunk, self.chunk)
+
+    def place(self, local: torch.Tensor) -> torch.Tensor:
+        """(B, chunk, C) -> (B, tokens, C): this rank's tokens in place, zeros elsewhere. No communication."""
+        full = local.new_zeros(local.shape[0], self.chunk * self.world, local.shape[2])
+        full[:, self.rank * self.chunk : (self.rank + 1) * self.chunk] = local
+        return full[:, : self.tokens]
+
+    def gather_tokens(self, local: torch.Tensor) -> torch.Tensor:
+        """(B, chunk, C) on every rank -> (B, tokens, C) on every rank (for calibration probes)."""
+        parts = [torch.empty_like(local) for _ in range(self.world)]
+        dist.all_gather(parts, local.contiguous())
+        return torch.cat(parts, dim=1)[:, : self.tokens]
+
+    def owned(self, latents: torch.Tensor) -> torch.Tensor:
+        """1 where this rank's tokens write ``latents`` (B, C, F, H, W), else 0."""
+        frames, height, width = self.latent_grid
+        token = torch.arange(frames * height * width, device=latents.device)
+        mask = (token // self.chunk == self.rank).reshape(frames, height, width).to(latents.dtype)
+        pt, ph, pw = self.patch
+        mask = mask.repeat_interleave(pt, 0).repeat_interleave(ph, 1).repeat_interleave(pw, 2)
+        return mask[None, None]
+
+    def gather_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Every rank's patches into one tensor on every rank: the one collective outside attention.
+
+        Owned patches partition the latents, so the sum adds one value to zeros: exact in any dtype.
+        """
+        if self.world == 1:
+            return latents
+        full = latents * self.owned(latents)
+        dist.all_reduce(full)
+        return full
+
+    def attention(self, q, k, v, text_q, text_k, text_v) -> torch.Tensor:
+        if self.xfuser is not None and not self.padded:
+            return self.xfuser(q, k, v, text_q, text_k, text_v)
+        return usp_attention_torch(self, q, k, v, text_q, text_k, text_v)
+
+
+class _ShardTokensHook(ModelHook):
+    """On ``x_embedder``: (B, S, C) patch tokens -> this rank's (B, chunk, C)."""
+
+    def __init__(self, sp: SequenceParallel):
+        super().__init__()
+        self.sp = sp
+
+    def new_forward(self, module, hidden_states):
+        _, _, frames, height, width = hidden_states.shape
+        pt, ph, pw = self.sp.patch
+        self.sp.latent_grid = (frames // pt, height // ph, width // pw)
+        tokens = self.fn_ref.original_forward(hidden_states)
+        self.sp.layout(tokens.shape[1])
+        return self.sp.shard(tokens, dim=1)
+
+
+class _ShardRopeHook(ModelHook):
+    """On ``rope``: (S, D) cos and sin tables -> this rank's rows."""
+
+    def __init__(self, sp: SequenceParallel):
+        super().__init__()
+        self.sp = sp
+
+    def post_forward(self, module, output):
+        cos, sin = output
+        self.sp.layout(cos.shape[0])
+        return self.sp.shard(cos, dim=0), self.sp.shard(sin, dim=0)
+
+
+class _DropTextPaddingHook(ModelHook):
+    """On ``context_embedder``: keep only the text tokens the mask lets attention see."""
+
+    def new_forward(self, module, hidden_states, timestep, attention_mask=None):
+        output = self.fn_ref.original_forward(hidden_states, timestep, attention_mask)
+        if attention_mask is None:
+            return output
+        mask = attention_mask.bool()
+        if not (mask == mask[:1]).all():
+            raise ValueError("sequence parallelism needs the same text mask for every video of a batch")
+        return output[:, mask[0]]
+
+
+class _PlaceOutputHook(ModelHook):
+    """On ``proj_out``: this rank's tokens into a full-length tensor for the model's unpatchify."""
+
+    def __init__(self, sp: SequenceParallel):
+        super().__init__()
+        self.sp = sp
+
+    def post_forward(self, module, output):
+        return self.sp.place(output)
+
+
+def apply_sequence_parallel(
+    transformer: torch.nn.Module, groups: SPGroups, config: ParallelConfig, device: torch.device
+) -> SequenceParallel:
+    """Shard ``transformer`` over ``groups``: afterwards every rank must run the same inputs through it."""
+    cfg = transformer.config
+    if cfg.num_attention_heads % groups.ulysses:
+        raise ValueError(f"Ulysses degree {groups.ulysses} does not divide the {cfg.num_attention_heads} heads")
+    sp = SequenceParallel(
+        groups=groups,
+        patch=(cfg.patch_size_t, cfg.patch_size, cfg.patch_size),
+        xfuser=make_xfuser_attention(config.attention, device) if groups.world > 1 else None,
+    )
+    hooks = {
+        transformer.x_embedder: _ShardTokensHook(sp),
+        transformer.rope: _ShardRopeHook(sp),
+        transformer.context_embedder: _DropTextPaddingHook(),
+        transformer.proj_out: _PlaceOutputHook(sp),
+    }
+    for module, hook in hooks.items():
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, _HOOK)
+    for block in [*transformer.transformer_blocks, *transformer.single_transformer_blocks]:
+        sp._processors[block.attn] = block.attn.processor
+        block.attn.set_processor(SPAttnProcessor(sp))
+    transformer._hyca_sequence_parallel = sp
+    return sp
+
+
+def remove_sequence_parallel(transformer: torch.nn.Module) -> None:
+    sp: SequenceParallel = transformer._hyca_sequence_parallel
+    for module in (transformer.x_embedder, transformer.rope, transformer.context_embedder, transformer.proj_out):
+        HookRegistry.check_if_exists_or_initialize(module).remove_hook(_HOOK, recurse=False)
+    for attn, processor in sp._processors.items():
+        attn.set_processor(processor)
+    del transformer._hyca_sequence_parallel
