@@ -17,6 +17,7 @@ from rich.table import Table
 from hyca_batch.config import JobConfig
 from hyca_batch.hyca import CACHE_MODES
 from hyca_batch.manifest import ManifestError
+from hyca_batch.parallel import ParallelConfig, RankFailure, RankGroup, RankSetup
 from hyca_batch.runner import JobError, JobSummary, run_job
 from hyca_batch.storage import StorageError
 
@@ -94,7 +95,12 @@ def run(
     clusters: int = typer.Option(8, min=1, help="hyca calibration: channel clusters."),
     baseline_every: int = typer.Option(0, min=0, help="Also generate every K-th video uncached and record "
                                        "measured speedup, PSNR and SSIM (0: never)."),
-    replicas: int = typer.Option(1, min=1, help="Model replicas (each one GPU, or one CPU slot)."),
+    replicas: int = typer.Option(1, min=1, help="Model replicas (each with --sp GPUs, or one CPU slot)."),
+    sp: int = typer.Option(1, "--sp", min=1, help="Sequence parallelism: GPUs per replica, one video spread over them."),
+    ulysses: Optional[int] = typer.Option(None, help="SP: Ulysses degree (default: as many as the heads allow)."),
+    ring: Optional[int] = typer.Option(None, help="SP: ring degree (ulysses x ring = sp)."),
+    sp_attention: str = typer.Option("auto", help="SP attention: auto (xfuser on CUDA when installed), torch, xfuser."),
+    sp_timeout: float = typer.Option(600.0, help="SP: seconds any collective may take before the video fails."),
     max_attempts: int = typer.Option(3, min=1, help="Tries per video, counted across re-runs."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)."),
     device: Optional[str] = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
@@ -125,6 +131,11 @@ def run(
         clusters=clusters,
         baseline_every=baseline_every,
         replicas=replicas,
+        sp=sp,
+        ulysses=ulysses,
+        ring=ring,
+        sp_attention=sp_attention,
+        sp_timeout_s=sp_timeout,
         max_attempts=max_attempts,
         address=address,
         device=device,
@@ -156,6 +167,9 @@ def calibrate(
     probe_tokens: int = typer.Option(512, min=1, help="Token positions sampled per feature."),
     seed: int = typer.Option(0, help="Probe noise seed, token sample and k-means seed."),
     device: Optional[str] = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
+    sp: int = typer.Option(1, "--sp", min=1, help="Probe on this many ranks (GPUs), for sizes one GPU cannot hold."),
+    ulysses: Optional[int] = typer.Option(None, help="SP: Ulysses degree."),
+    ring: Optional[int] = typer.Option(None, help="SP: ring degree."),
 ) -> None:
     """Build a HyCa solver map for a model at a resolution: a probe run, channel clustering, a solver per cluster."""
     from hyca_batch.hyca.probe import CalibrationConfig, calibrate_model
@@ -176,8 +190,13 @@ def calibrate(
         config = CalibrationConfig(interval=interval, clusters=clusters, warmup=warmup, granularity=granularity,
                                    probe_tokens=probe_tokens, seed=seed)
         console.print(f"probing {spec.name} at {d.width}x{d.height}x{d.num_frames}, {d.num_inference_steps} steps")
-        smap = calibrate_model(load_model(spec, device=device), requests, config)
-    except (ValueError, OSError) as exc:
+        parallel = ParallelConfig(sp=sp, ulysses=ulysses, ring=ring)
+        if sp > 1:
+            with RankGroup(RankSetup(model=spec, parallel=parallel, device=device)) as ranks:
+                smap = ranks.calibrate(requests, config)
+        else:
+            smap = calibrate_model(load_model(spec, device=device), requests, config)
+    except (ValueError, OSError, RankFailure) as exc:
         console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
         raise typer.Exit(2)
     smap.save(out)

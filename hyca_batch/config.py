@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hyca_batch.hyca import FeatureCacheConfig
+    from hyca_batch.parallel import ParallelConfig
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,11 @@ class JobConfig:
     clusters: int = 8  # hyca calibration: channel clusters
     baseline_every: int = 0  # also generate every K-th video uncached, for measured speedup and fidelity
     replicas: int = 1
+    sp: int = 1  # sequence-parallel ranks (devices) per replica: one video spread over them
+    ulysses: int | None = None  # Ulysses degree; None: as much as the model's heads allow
+    ring: int | None = None  # ring degree; ulysses x ring = sp
+    sp_attention: str = "auto"  # auto | torch | xfuser
+    sp_timeout_s: float = 600.0  # per collective: a dead or hung rank fails the video, never hangs the job
     max_attempts: int = 3
     address: str | None = None  # Ray cluster address; None: RAY_ADDRESS or an embedded local Ray
     device: str | None = None  # None: cuda when available, else cpu
@@ -75,6 +81,13 @@ class JobConfig:
             warmup=self.warmup,
             granularity=self.granularity,
             taylorseer_order=self.taylorseer_order,
+        )
+
+    def parallel_config(self) -> "ParallelConfig":
+        from hyca_batch.parallel import ParallelConfig
+
+        return ParallelConfig(
+            sp=self.sp, ulysses=self.ulysses, ring=self.ring, attention=self.sp_attention, timeout_s=self.sp_timeout_s
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from hyca_batch.config import JobConfig
 from hyca_batch.hyca import SolverMap
 from hyca_batch.manifest import Manifest, Request, RowError, check_size, read_manifest
 from hyca_batch.models import ModelSpec, resolve_model
+from hyca_batch.parallel import ParallelConfig
 from hyca_batch.records import committed_ids, failed_ids, read_error, utcnow, write_error
 from hyca_batch.runner.replica import Replica
 from hyca_batch.storage import Storage, open_storage
@@ -116,6 +117,7 @@ def run_job(config: JobConfig, *, force: bool = False) -> JobSummary:
     run_id = started_at.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
     spec = resolve_model(config.model)
+    parallel = config.parallel_config()  # bad --sp/--ulysses/--ring fail here, before any work
     defaults = spec.defaults.merged(**config.generation_overrides())
     bad_defaults = check_size(defaults.height, defaults.width, defaults.num_frames)
     if bad_defaults:
@@ -152,7 +154,7 @@ def run_job(config: JobConfig, *, force: bool = False) -> JobSummary:
             solver_map = _solver_map(config, spec, storage, pending)
             if solver_map is not None:
                 run_doc["solver_map"] = {"id": solver_map.id, "uri": storage.uri_for(SOLVER_MAP_KEY), **solver_map.metadata}
-            _execute(config, spec, manifest, pending, attempts, run_id, summary, solver_map)
+            _execute(config, spec, manifest, pending, attempts, run_id, summary, solver_map, parallel)
         except Exception as exc:  # the replicas could not run at all (model missing, no resources, ...)
             cause = _root_cause(exc)
             run_doc.update(status="failed", error=cause, finished_at=utcnow().isoformat(), counts=summary.counts())
@@ -284,6 +286,7 @@ def _solver_map(config: JobConfig, spec: ModelSpec, storage: Storage, pending: p
         request = Request.from_row(pending.slice(0, 1).to_pylist()[0])
         log.warning("calibrating the HyCa solver map on %r (interval %d, %d clusters)",
                     request.prompt[:60], config.interval, config.clusters)
+        _check_gpus(config)
         task = ray.remote(_calibrate).options(num_cpus=config.cpus_per_replica, num_gpus=_gpus_per_replica(config))
         smap = ray.get(task.remote(spec, request, config))
     if smap.metadata.get("interval") != config.interval:
@@ -303,11 +306,19 @@ def _calibrate(spec: ModelSpec, request: Request, config: JobConfig) -> SolverMa
     from hyca_batch.hyca.probe import CalibrationConfig, calibrate_model
     from hyca_batch.models import load_model
 
-    torch.set_num_threads(max(1, int(config.cpus_per_replica)))
-    device = config.device or ("cuda" if torch.cuda.is_available() else None)
     calibration = CalibrationConfig(
         interval=config.interval, clusters=config.clusters, warmup=config.warmup, granularity=config.granularity
     )
+    threads = max(1, int(config.cpus_per_replica))
+    if config.sp > 1:  # on the replica's N devices: a 720p probe may not fit on one
+        from hyca_batch.parallel import RankGroup, RankSetup
+
+        setup = RankSetup(model=spec, parallel=config.parallel_config(), device=config.device,
+                          threads=max(1, threads // config.sp))
+        with RankGroup(setup) as ranks:
+            return ranks.calibrate([request], calibration)
+    torch.set_num_threads(threads)
+    device = config.device or ("cuda" if torch.cuda.is_available() else None)
     return calibrate_model(load_model(spec, device=device), [request], calibration)
 
 
@@ -316,7 +327,22 @@ def _gpus_per_replica(config: JobConfig) -> float:
 
     if config.gpus_per_replica is not None:
         return config.gpus_per_replica
+    if config.sp > 1:
+        return config.sp  # one device per rank; on a CPU-only machine, fake GPUs (_init_ray)
     return 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+
+
+def _check_gpus(config: JobConfig) -> None:
+    """A replica that asks for more GPUs than the cluster has would wait forever: say so instead."""
+    import ray
+
+    need, have = _gpus_per_replica(config), ray.cluster_resources().get("GPU", 0)
+    if need > have:
+        raise JobError(
+            f"a replica needs {need:g} GPUs (--sp {config.sp}) and the Ray cluster has {have:g}. Use a smaller "
+            "--sp, or on a CPU-only cluster give Ray stand-in GPUs (`ray start --num-gpus N`); an embedded "
+            "local Ray adds them itself"
+        )
 
 
 def _blocks(table: pa.Table, replicas: int) -> list[pa.Table]:
@@ -333,8 +359,16 @@ def _init_ray(config: JobConfig) -> None:
     address = config.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+        return
+    kwargs: dict[str, Any] = {}
+    if config.sp > 1 and config.gpus_per_replica is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            # No GPUs: N stand-in GPUs per replica, so Ray places sequence-parallel replicas as it would
+            # on GPUs (the ranks run on the CPU).
+            kwargs["num_gpus"] = config.sp * config.replicas
+    ray.init(include_dashboard=False, logging_level=logging.WARNING, **kwargs)
 
 
 def _execute(
@@ -346,6 +380,7 @@ def _execute(
     run_id: str,
     summary: JobSummary,
     solver_map: SolverMap | None,
+    parallel: ParallelConfig,
 ) -> None:
     import ray
     from tqdm import tqdm
@@ -357,6 +392,7 @@ def _execute(
     for handler in logging.getLogger("ray.data").handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             handler.setLevel(logging.WARNING)  # Ray Data's plan chatter stays in its session log file
+    _check_gpus(config)
     gpus = _gpus_per_replica(config)
 
     bar = tqdm(total=pending.num_rows, unit="video", desc="generating", disable=not config.progress)
@@ -377,6 +413,7 @@ def _execute(
                 "extra_schema": manifest.extra_schema,
                 "device": config.device,
                 "threads": int(config.cpus_per_replica),
+                "parallel": parallel,
             },
             batch_size=1,
             batch_format="pyarrow",

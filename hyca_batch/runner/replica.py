@@ -1,7 +1,8 @@
 """The replica: a stateful callable for Ray Data's ``map_batches``, one model load per replica.
 
 It owns the whole life of a video: generate, encode, put the mp4, then publish the record as the
-commit marker. Nothing raises out of ``__call__``: a failing video becomes an error record and a
+commit marker. With ``--sp N`` the replica holds N devices and generates through a group of N rank
+processes (``hyca_batch.parallel.ranks``); it writes rank 0's frames. Nothing raises out of ``__call__``: a failing video becomes an error record and a
 ``failed`` result row, so a batch is never dropped and one bad video never costs the others.
 """
 
@@ -22,6 +23,7 @@ from hyca_batch.generate import GenerationResult, VideoGenerator
 from hyca_batch.hyca import FeatureCacheConfig, SolverMap
 from hyca_batch.manifest import Request
 from hyca_batch.models import ModelSpec, load_model
+from hyca_batch.parallel import ParallelConfig, RankGroup, RankSetup
 from hyca_batch.records import record_key, utcnow, video_key, write_error, write_record
 from hyca_batch.storage import open_storage
 
@@ -52,12 +54,24 @@ class Replica:
         baseline_every: int = 0,
         device: str | None = None,
         threads: int = 1,
+        parallel: ParallelConfig | None = None,
     ):
-        if device is None and torch.cuda.is_available():
-            device = "cuda"
-        torch.set_num_threads(max(1, threads))
-        self.loaded = load_model(model, device=device)
-        self.generator = VideoGenerator(self.loaded, cache=cache, solver_map=solver_map)
+        self.parallel = parallel or ParallelConfig()
+        self.ranks: RankGroup | None = None
+        self.generator: VideoGenerator | None = None
+        if self.parallel.sp > 1:
+            setup = RankSetup(model=model, parallel=self.parallel, cache=cache, solver_map=solver_map, device=device,
+                              threads=max(1, threads // self.parallel.sp))
+            self.ranks = RankGroup(setup)
+            self.ranks.start()  # a model that cannot load fails here, before any video, as without --sp
+            self.model_name, self.device_type = self.ranks.info["model"], self.ranks.info["device_type"]
+        else:
+            if device is None and torch.cuda.is_available():
+                device = "cuda"
+            torch.set_num_threads(max(1, threads))
+            loaded = load_model(model, device=device)
+            self.generator = VideoGenerator(loaded, cache=cache, solver_map=solver_map)
+            self.model_name, self.device_type = loaded.spec.name, loaded.device.type
         self.storage = open_storage(out)
         self.cache = cache
         self.solver_map_id = solver_map.id if solver_map is not None and cache.mode == "hyca" else None
@@ -78,7 +92,7 @@ class Replica:
             if self.storage.exists(record_key(request.id)):
                 # Committed meanwhile (a retried block, a concurrent job): the record stands as it is.
                 return self._result(request.id, "already_done", attempt, t0)
-            result = self.generator(request)
+            result = self._generate(request)
             baseline = self._baseline(request, result) if self._wants_baseline(ordinal) else {}
             t_enc = time.perf_counter()
             data = encode_mp4(result.frames, request.fps)
@@ -88,7 +102,7 @@ class Replica:
             record = {
                 **request.generation_params(),
                 "id": request.id,
-                "model": self.loaded.spec.name,
+                "model": self.model_name,
                 "cache_mode": self.cache.mode,
                 "cache_interval": self.cache.interval,
                 "solver_map_id": self.solver_map_id,
@@ -99,8 +113,8 @@ class Replica:
                 "full_pass_s": result.mean_full_pass_s,
                 "speedup_estimate": result.speedup_estimate,
                 **baseline,
-                "device_type": self.loaded.device.type,
-                "device_count": 1,
+                "device_type": self.device_type,
+                "device_count": self.parallel.sp,
                 "status": "done",
                 "attempt": attempt,
                 "output_uri": uri,
@@ -144,13 +158,22 @@ class Replica:
                 message += f" (and its error record could not be written: {write_exc})"
             return self._result(request.id, "failed", attempt, t0, message)
 
+    def _generate(self, request: Request, uncached: bool = False) -> GenerationResult:
+        if self.ranks is not None:
+            # A dead or failed rank raises RankFailure: this video fails (and is retried by the job), and
+            # the group restarts on the next video.
+            return self.ranks.generate(request, uncached)
+        if uncached:
+            with self.generator.uncached():
+                return self.generator(request)
+        return self.generator(request)
+
     def _wants_baseline(self, ordinal: int) -> bool:
         return self.baseline_every > 0 and self.cache.mode != "none" and ordinal % self.baseline_every == 0
 
     def _baseline(self, request: Request, cached: GenerationResult) -> dict[str, float]:
         """The same request uncached, on the same model: the measured speedup and the cache's fidelity."""
-        with self.generator.uncached():
-            reference = self.generator(request)
+        reference = self._generate(request, uncached=True)
         return {
             "baseline_denoise_s": reference.timings["denoise_s"],
             "measured_speedup": reference.timings["denoise_s"] / cached.timings["denoise_s"],

@@ -1,0 +1,96 @@
+"""``--sp 2`` through the whole job on an embedded Ray with two stand-in GPUs: same videos, and a dead rank retried.
+
+The Ray session here gives the rank processes a fault switch (``HYCA_SP_FAULT``): rank 1 SIGKILLs itself
+at its third transformer pass, once, when the test arms it by creating a file.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hyca_batch.config import JobConfig
+from hyca_batch.encode import decode_mp4
+from hyca_batch.hyca import SolverMap
+from hyca_batch.records import read_error, read_records
+from hyca_batch.runner import JobError, run_job
+from hyca_batch.storage import open_storage
+
+PROMPTS = ["a red circle moving left on a blue background", "a green square growing on a white background"]
+
+
+@pytest.fixture(scope="module")
+def arm_file(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fault") / "armed"
+
+
+@pytest.fixture(scope="module")
+def ray_gpus(arm_file):
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        num_gpus=2,  # stand-ins: the ranks run on the CPU
+        object_store_memory=96 * 1024 * 1024,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        runtime_env={"env_vars": {"HYCA_SP_FAULT": f"1:3:{arm_file}"}},
+    )
+    yield ray
+    ray.shutdown()
+
+
+def config(manifest: str, out: Path, **kw) -> JobConfig:
+    return JobConfig(manifests=[manifest], out=str(out), model="tiny", progress=False, **kw)
+
+
+def videos(out: Path) -> dict[str, np.ndarray]:
+    records = read_records(open_storage(str(out))).to_pylist()
+    return {r["id"]: decode_mp4(Path(r["output_uri"]).read_bytes()).frames for r in records}
+
+
+def test_sp2_gives_the_videos_of_sp1(ray_gpus, write_manifest, tmp_path):
+    manifest = write_manifest(prompt=PROMPTS, seed=[1, 2])
+    one = run_job(config(manifest, tmp_path / "sp1", cache="hyca", interval=3))
+    two = run_job(config(manifest, tmp_path / "sp2", cache="hyca", interval=3, sp=2, replicas=1))
+    assert one.done == two.done == 2 and two.ok
+
+    # Calibrated on two ranks, the solver map is the single-rank one.
+    maps = [SolverMap.load(tmp_path / d / "solver_map.safetensors") for d in ("sp1", "sp2")]
+    assert maps[0].cluster_solver.tolist() == maps[1].cluster_solver.tolist()
+    assert all((maps[0].channel_cluster[n] == maps[1].channel_cluster[n]).all() for n in maps[0].channel_cluster)
+
+    single, parallel = videos(tmp_path / "sp1"), videos(tmp_path / "sp2")
+    assert single.keys() == parallel.keys()
+    for vid in single:
+        diff = np.abs(single[vid].astype(int) - parallel[vid])
+        print(f"{vid}: max pixel difference {diff.max()}, mean {diff.mean():.4f}")
+        # H.264 of frames that differ by float noise (<= 1 level before encoding) decodes near-identically.
+        assert single[vid].shape == parallel[vid].shape and diff.mean() < 0.05 and diff.max() <= 8
+    records = read_records(open_storage(str(tmp_path / "sp2"))).to_pylist()
+    assert {r["device_count"] for r in records} == {2}
+
+
+def test_a_rank_killed_mid_video_is_retried_to_a_complete_video(ray_gpus, arm_file, write_manifest, tmp_path):
+    manifest = write_manifest(prompt=PROMPTS[:1], id=["killed"])
+    out = tmp_path / "out"
+    arm_file.touch()
+    summary = run_job(config(manifest, out, sp=2, sp_timeout_s=60))
+    assert not arm_file.exists()  # the fault fired
+    assert summary.done == 1 and summary.failed == 0
+    storage = open_storage(str(out))
+    (record,) = read_records(storage).to_pylist()
+    assert record["attempt"] == 2
+    error = read_error(storage, "killed")
+    assert error["attempt"] == 1 and "rank 1" in error["message"]
+    frames = decode_mp4(Path(record["output_uri"]).read_bytes()).frames
+    assert frames.shape[0] == record["num_frames"] and frames.std() > 0
+
+
+def test_more_gpus_than_the_cluster_has_is_a_clear_error(ray_gpus, write_manifest, tmp_path):
+    manifest = write_manifest(prompt=PROMPTS[:1])
+    with pytest.raises(JobError, match="needs 4 GPUs"):
+        run_job(config(manifest, tmp_path / "out", sp=4))
