@@ -101,3 +101,23 @@ def test_cache_quality_quick(quick):
     assert "latent rel L2" in lines[header] and "FLOPs x" in lines[header]
     for n in QUICK_INTERVALS:
         assert any(line.startswith(f"N={n}: lowest latent rel L2: ") for line in lines)
+
+
+@pytest.mark.timeout(300)
+def test_sp_scaling_runs_one_and_two_ranks(tmp_path):
+    out = tmp_path / "sp_scaling.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "sp_scaling.py"), "--model", "tiny", "--height", "64",
+         "--width", "64", "--frames", "9", "--steps", "4", "--cache", "taylorseer", "--interval", "2",
+         "--repeats", "1", "--sp", "1", "2", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=280,
+    )
+    assert proc.returncode == 0, f"benchmark failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    result = json.loads(out.read_text())
+    one, two = result["rows"]
+    assert (one["sp"], two["sp"]) == (1, 2) and two["ulysses"] == 2
+    assert one["collectives_per_full_step"] == 0 and one["comm_share"] == 0
+    assert two["collectives_per_full_step"] == 16 and 0 < two["comm_share"] < 1  # 4 blocks x 4 all-to-alls
+    assert two["skipped_steps"] == 2 and two["collectives_in_skipped_steps"] == 0
+    assert one["full_step_s"] > 0 and two["speedup_vs_1"] == pytest.approx(one["full_step_s"] / two["full_step_s"])
+    assert any(line.lstrip().startswith("2 ") and "x" in line for line in proc.stdout.splitlines())
