@@ -1,8 +1,7 @@
-"""Where a job's outputs go: a small key/value interface with a local-directory backend.
+"""Where a job's outputs go: a small key/value interface with local-directory and S3 backends.
 
 Keys are the same '/'-separated relative paths on every backend (``videos/<id>.mp4``), so the
-runner never builds paths itself and an S3 backend can slot in behind ``open_storage``. The two
-promises the runner relies on for safe resume and retries:
+runner never builds paths itself. The two promises the runner relies on for safe resume and retries:
 
 - a reader never sees a half-written object under its final key (atomic publish), and
 - ``overwrite=False`` is exclusive: of several writers racing on one key exactly one wins, so
@@ -186,8 +185,13 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def open_storage(uri: str | os.PathLike[str]) -> Storage:
-    """The backend for ``uri``: a local path (absolute or relative), ``file://`` URI, or (later) S3."""
+def open_storage(uri: str | os.PathLike[str], *, s3_endpoint_url: str | None = None) -> Storage:
+    """The backend for ``uri``: a local path (absolute or relative), ``file://`` URI, or ``s3://bucket/prefix``.
+
+    S3 settings come from the standard AWS environment and config files; ``s3_endpoint_url`` overrides
+    the endpoint (MinIO, Ceph RGW, R2, a local moto server). Opening an S3 URI checks the bucket, so a
+    missing bucket or bad credentials fail here, before any model work.
+    """
     text = os.fspath(uri)
     if not text:
         raise StorageError("empty storage URI: give a directory, file:// URI or s3:// URI")
@@ -203,5 +207,7 @@ def open_storage(uri: str | os.PathLike[str]) -> Storage:
         return LocalStorage(text)
     scheme = match.group(1).lower()
     if scheme in ("s3", "s3a"):
-        raise StorageError(f"cannot open {text!r}: S3 storage is not supported yet (to be added)")
+        from hyca_batch.s3 import S3Storage
+
+        return S3Storage(text, endpoint_url=s3_endpoint_url)
     raise StorageError(f"cannot open {text!r}: unsupported storage scheme {scheme!r}")
