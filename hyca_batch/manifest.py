@@ -13,6 +13,8 @@ Rows are numbered from 0 within their file, as pyarrow and pandas number them.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
+import functools
 import glob
 import hashlib
 import json
@@ -28,6 +30,7 @@ import pyarrow.parquet as pq
 import pyarrow.types as pat
 
 from hyca_batch.config import GenerationDefaults
+from hyca_batch.storage import StorageError
 
 #: Fields a manifest row may set; everything else is carried into the record unchanged.
 GENERATION_FIELDS = tuple(f.name for f in dataclasses.fields(GenerationDefaults))
@@ -120,13 +123,49 @@ class Request:
         return {name: getattr(self, name) for name in ("prompt", "seed", *GENERATION_FIELDS)}
 
 
-def expand_inputs(inputs: Iterable[str]) -> list[str]:
-    """Files named by paths, directories (every ``*.parquet`` below) and globs, in a stable order."""
+@functools.lru_cache(maxsize=16)
+def _s3_root(bucket: str, endpoint_url: str | None):
+    from hyca_batch.storage import open_storage
+
+    return open_storage(f"s3://{bucket}", s3_endpoint_url=endpoint_url)  # checks the bucket, once
+
+
+def _s3_bucket(uri: str, endpoint_url: str | None):
+    """(storage at the bucket's root, key) for ``s3://bucket/key``."""
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    return _s3_root(bucket, endpoint_url), key
+
+
+def _expand_s3(spec: str, endpoint_url: str | None, problems: list[str]) -> list[str]:
+    """The same three forms on S3: an object, a "directory" (every ``*.parquet`` under the prefix), a glob."""
+    try:
+        store, key = _s3_bucket(spec, endpoint_url)
+        if any(ch in key for ch in "*?["):
+            fixed = re.split(r"[*?\[]", key, maxsplit=1)[0]
+            keys = [k for k in store.list(fixed) if fnmatch.fnmatchcase(k, key)]
+            kind = "the pattern matches no object"
+        elif key.endswith(".parquet"):
+            keys = [key] if store.exists(key) else []
+            kind = "no such object"
+        else:
+            prefix = key.rstrip("/") + "/" if key else ""
+            keys = [k for k in store.list(prefix) if k.endswith(".parquet")]
+            kind = "the prefix holds no *.parquet object"
+    except (StorageError, ValueError) as exc:
+        problems.append(f"{spec}: {exc}")
+        return []
+    if not keys:
+        problems.append(f"{spec}: {kind}")
+    return [f"s3://{store.bucket}/{k}" for k in keys]
+
+
+def expand_inputs(inputs: Iterable[str], *, s3_endpoint_url: str | None = None) -> list[str]:
+    """Files named by paths, directories (every ``*.parquet`` below) and globs, local or on S3, in a stable order."""
     files: list[str] = []
     problems: list[str] = []
     for spec in inputs:
         if spec.startswith("s3://"):
-            problems.append(f"{spec}: manifests on S3 are not supported yet; copy the manifest locally")
+            files.extend(_expand_s3(spec, s3_endpoint_url, problems))
         elif any(ch in spec for ch in "*?["):
             matched = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
             if not matched:
@@ -146,7 +185,7 @@ def expand_inputs(inputs: Iterable[str]) -> list[str]:
     if problems:
         raise ManifestError(problems)
     # A file named twice (a directory and a glob over it) is read once.
-    return list(dict.fromkeys(os.path.abspath(f) for f in files))
+    return list(dict.fromkeys(f if f.startswith("s3://") else os.path.abspath(f) for f in files))
 
 
 def default_id(params: dict[str, Any], explicit_seed: bool) -> str:
@@ -176,16 +215,25 @@ def check_size(height: int, width: int, num_frames: int) -> list[tuple[str, str]
 
 
 def read_manifest(
-    inputs: Iterable[str], defaults: GenerationDefaults, *, max_prompt_chars: int = 4000
+    inputs: Iterable[str],
+    defaults: GenerationDefaults,
+    *,
+    max_prompt_chars: int = 4000,
+    s3_endpoint_url: str | None = None,
 ) -> Manifest:
-    """Read, validate and resolve every row of the given manifests."""
-    files = expand_inputs(inputs)
+    """Read, validate and resolve every row of the given manifests (local files or ``s3://`` objects)."""
+    files = expand_inputs(inputs, s3_endpoint_url=s3_endpoint_url)
     tables: list[tuple[str, pa.Table]] = []
     problems: list[str] = []
     for path in files:
         try:
-            table = pq.read_table(path)
-        except (pa.ArrowException, OSError) as exc:
+            if path.startswith("s3://"):
+                store, key = _s3_bucket(path, s3_endpoint_url)
+                fs, base = store.arrow_filesystem()
+                table = pq.read_table(f"{base}/{key}", filesystem=fs)
+            else:
+                table = pq.read_table(path)
+        except (pa.ArrowException, OSError, StorageError) as exc:
             problems.append(f"{path}: not a readable Parquet file ({exc})")
             continue
         problems.extend(_check_columns(path, table.schema))
