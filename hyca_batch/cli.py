@@ -82,8 +82,11 @@ def _run(config: JobConfig, force: bool, strict: bool) -> JobSummary:
 
 @app.command()
 def run(
-    manifests: list[str] = typer.Argument(..., help="Parquet manifest files, directories or globs."),
-    out: str = typer.Option(..., "--out", "-o", help="Output directory (videos/, records/, errors/, run.json)."),
+    manifests: list[str] = typer.Argument(..., help="Parquet manifest files, directories or globs (local or s3://)."),
+    out: str = typer.Option(..., "--out", "-o", help="Output directory or s3://bucket/prefix "
+                            "(videos/, records/, errors/, run.json, progress.json)."),
+    s3_endpoint_url: Optional[str] = typer.Option(None, help="S3-compatible endpoint (MinIO, Ceph, R2, ...); "
+                                                  "default: AWS_ENDPOINT_URL_S3, else AWS."),
     model: str = typer.Option("tiny", help="Preset (tiny, mini, hunyuanvideo), hub id, or local diffusers directory."),
     cache: str = typer.Option("none", help=f"Feature cache: {', '.join(CACHE_MODES)}."),
     interval: int = typer.Option(6, min=1, help="Cache: a full transformer pass every N steps."),
@@ -121,6 +124,7 @@ def run(
     config = JobConfig(
         manifests=manifests,
         out=out,
+        s3_endpoint_url=s3_endpoint_url,
         model=model,
         cache=cache,
         interval=interval,

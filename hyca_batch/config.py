@@ -36,7 +36,8 @@ class JobConfig:
     """One batch job. Stored (resolved) as run.json under the output URI."""
 
     manifests: list[str]
-    out: str
+    out: str  # a directory, file:// or s3://bucket/prefix
+    s3_endpoint_url: str | None = None  # None: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL / AWS's own
     model: str = "tiny"
     cache: str = "none"  # none | fora | taylorseer | foca | hyca
     interval: int = 6  # a full transformer pass every N steps

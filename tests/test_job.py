@@ -5,11 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -105,47 +100,6 @@ def test_rerun_with_a_different_configuration_is_refused(ray_session, write_mani
     run_job(config(manifest, out))
     with pytest.raises(JobError, match="different configuration"):
         run_job(config(manifest, out, fps=12))
-
-
-def _wait_until_settled(directory: Path, quiet_s: float = 5.0, limit_s: float = 60.0) -> None:
-    """Wait until nothing new appears in directory for quiet_s: the dead driver's replicas are gone."""
-    seen, last_change, start = None, time.monotonic(), time.monotonic()
-    while time.monotonic() - start < limit_s:
-        now = sorted(p.name for p in directory.iterdir())
-        if now != seen:
-            seen, last_change = now, time.monotonic()
-        elif time.monotonic() - last_change >= quiet_s:
-            return
-        time.sleep(0.25)
-
-
-def test_resume_after_the_driver_is_killed(ray_session, write_manifest, tmp_path):
-    n = 8
-    manifest = write_manifest(prompt=[f"a shape number {i} moving left" for i in range(n)])
-    out = tmp_path / "out"
-    address = ray_session.get_runtime_context().gcs_address
-    cmd = [sys.executable, "-m", "hyca_batch.cli", "run", manifest, "--out", str(out), "--address", address,
-           "--steps", str(STEPS), "--no-progress"]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    records = out / "records"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and len(list(records.glob("*.parquet"))) < 2:
-        assert proc.poll() is None, proc.stderr.read().decode()
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    # The driver's replicas die with it; wait for that, so nothing commits behind the re-run's back.
-    _wait_until_settled(records)
-    before = {p.name: p.stat().st_mtime_ns for p in records.glob("*.parquet")}
-    assert 2 <= len(before) < n, "the kill should land mid-job"
-
-    summary = run_job(config(manifest, out))
-    assert summary.skipped == len(before) and summary.done == n - len(before) and summary.failed == 0
-    after = {p.name: p.stat().st_mtime_ns for p in records.glob("*.parquet")}
-    assert len(after) == n and len(list((out / "videos").glob("*.mp4"))) == n
-    assert all(after[name] == mtime for name, mtime in before.items())  # nothing committed was redone
-    runs = {r["run_id"] for r in read_records(open_storage(str(out))).to_pylist()}
-    assert len(runs) == 2
 
 
 def test_replicas_that_cannot_load_the_model_stop_the_job_with_the_cause(ray_session, write_manifest, tmp_path):

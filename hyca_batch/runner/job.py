@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import platform
+import sys
 import time
 import tempfile
 import uuid
@@ -33,11 +34,12 @@ from hyca_batch.models import ModelSpec, resolve_model
 from hyca_batch.parallel import ParallelConfig
 from hyca_batch.records import committed_ids, failed_ids, read_error, utcnow, write_error
 from hyca_batch.runner.replica import Replica
-from hyca_batch.storage import Storage, open_storage
+from hyca_batch.storage import Storage, StorageError, open_storage
 
 log = logging.getLogger(__name__)
 
 RUN_KEY = "run.json"
+PROGRESS_KEY = "progress.json"
 SOLVER_MAP_KEY = "solver_map.safetensors"
 
 
@@ -93,6 +95,49 @@ class JobSummary:
         }
 
 
+class Progress:
+    """``progress.json`` under the output, rewritten as the job runs (at most every ``every_s``).
+
+    The same numbers as the progress bar in ``ray job logs -f``, for dashboards and scripts that watch
+    the bucket. Failing to write it never stops the job.
+    """
+
+    def __init__(self, storage: Storage, summary: JobSummary, to_generate: int, t_start: float, every_s: float = 10.0):
+        self.storage, self.summary, self.to_generate = storage, summary, to_generate
+        self.t_start, self.every_s, self.last = t_start, every_s, -math.inf
+        self.retrying = 0
+
+    def update(self, status: str = "running", force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and now - self.last < self.every_s:
+            return
+        self.last = now
+        s, elapsed = self.summary, now - self.t_start
+        finished = s.done + s.failed
+        rate = s.done / elapsed if elapsed > 0 else 0.0
+        left = self.to_generate - finished
+        doc = {
+            "run_id": s.run_id,
+            "status": status,
+            "total_rows": s.total_rows,
+            "to_generate": self.to_generate,
+            "done": s.done,
+            "failed": s.failed,
+            "retrying": self.retrying,
+            "skipped": s.skipped,
+            "rejected": s.rejected,
+            "exhausted": s.exhausted,
+            "elapsed_s": round(elapsed, 1),
+            "videos_per_minute": round(60 * rate, 3),
+            "eta_s": round(left / rate, 1) if rate > 0 and status == "running" else None,
+            "updated_at": utcnow().isoformat(),
+        }
+        try:
+            self.storage.put_bytes(PROGRESS_KEY, json.dumps(doc, indent=2).encode(), overwrite=True)
+        except (StorageError, OSError) as exc:
+            log.warning("could not update %s: %s", self.storage.uri_for(PROGRESS_KEY), exc)
+
+
 def package_versions() -> dict[str, str]:
     versions = {"hyca_batch": __version__, "python": platform.python_version()}
     for name in ("torch", "diffusers", "transformers", "ray", "av", "pyarrow", "boto3"):
@@ -122,8 +167,10 @@ def run_job(config: JobConfig, *, force: bool = False) -> JobSummary:
     bad_defaults = check_size(defaults.height, defaults.width, defaults.num_frames)
     if bad_defaults:
         raise JobError("; ".join(f"job default {f} {m}" for f, m in bad_defaults))
-    manifest = read_manifest(config.manifests, defaults, max_prompt_chars=config.max_prompt_chars)
-    storage = open_storage(config.out)
+    manifest = read_manifest(config.manifests, defaults, max_prompt_chars=config.max_prompt_chars,
+                             s3_endpoint_url=config.s3_endpoint_url)
+    # After the manifest, so that a bad manifest leaves no output directory behind; on S3 this checks the bucket.
+    storage = open_storage(config.out, s3_endpoint_url=config.s3_endpoint_url)
     identity = generation_identity(config, dataclasses.asdict(defaults), spec.name)
     _check_previous_run(storage, identity, force)
 
@@ -149,18 +196,22 @@ def run_job(config: JobConfig, *, force: bool = False) -> JobSummary:
         run_id, manifest.total_rows, len(pending), summary.skipped, summary.rejected,
     )
 
+    progress = Progress(storage, summary, len(pending), t_start)
+    progress.update(force=True)
     if len(pending):
         try:
             solver_map = _solver_map(config, spec, storage, pending)
             if solver_map is not None:
                 run_doc["solver_map"] = {"id": solver_map.id, "uri": storage.uri_for(SOLVER_MAP_KEY), **solver_map.metadata}
-            _execute(config, spec, manifest, pending, attempts, run_id, summary, solver_map, parallel)
+            _execute(config, spec, manifest, pending, attempts, run_id, summary, solver_map, parallel, progress)
         except Exception as exc:  # the replicas could not run at all (model missing, no resources, ...)
             cause = _root_cause(exc)
             run_doc.update(status="failed", error=cause, finished_at=utcnow().isoformat(), counts=summary.counts())
             storage.put_bytes(RUN_KEY, json.dumps(run_doc, indent=2, default=str).encode(), overwrite=True)
+            progress.update("failed", force=True)
             raise JobError(f"the job stopped after {summary.done} videos: {cause}") from exc
 
+    progress.update("finished", force=True)
     summary.elapsed_s = time.perf_counter() - t_start
     run_doc.update(status="finished", finished_at=utcnow().isoformat(), counts=summary.counts())
     body = json.dumps(run_doc, indent=2, default=str).encode()
@@ -381,6 +432,7 @@ def _execute(
     summary: JobSummary,
     solver_map: SolverMap | None,
     parallel: ParallelConfig,
+    progress: Progress,
 ) -> None:
     import ray
     from tqdm import tqdm
@@ -395,7 +447,9 @@ def _execute(
     _check_gpus(config)
     gpus = _gpus_per_replica(config)
 
-    bar = tqdm(total=pending.num_rows, unit="video", desc="generating", disable=not config.progress)
+    # In `ray job logs` (no terminal) every refresh is a line of its own: one every 30 s is plenty.
+    bar = tqdm(total=pending.num_rows, unit="video", desc="generating", disable=not config.progress,
+               mininterval=0.1 if sys.stderr.isatty() else 30.0)
     remaining = pending
     while remaining.num_rows:
         ids = remaining.column("id").to_pylist()
@@ -406,6 +460,7 @@ def _execute(
             fn_constructor_kwargs={
                 "model": spec,  # resolved: a relative model directory means the driver's
                 "out": summary.out,  # the resolved URI: a replica's working directory is not the driver's
+                "s3_endpoint_url": config.s3_endpoint_url,
                 "cache": config.cache_config(),
                 "solver_map": solver_map,
                 "baseline_every": config.baseline_every,
@@ -441,5 +496,7 @@ def _execute(
                 summary.failures.append(f"{row['id']}: {row['error']} (after {row['attempt']} attempts)")
                 bar.update(1)
             bar.set_postfix(done=summary.done, failed=summary.failed, retrying=len(retry))
+            progress.retrying = len(retry)
+            progress.update()
         remaining = pending.filter(pc.is_in(pending.column("id"), pa.array(retry, type=pa.string())))
     bar.close()

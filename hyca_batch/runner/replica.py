@@ -55,6 +55,7 @@ class Replica:
         device: str | None = None,
         threads: int = 1,
         parallel: ParallelConfig | None = None,
+        s3_endpoint_url: str | None = None,
     ):
         self.parallel = parallel or ParallelConfig()
         self.ranks: RankGroup | None = None
@@ -72,7 +73,7 @@ class Replica:
             loaded = load_model(model, device=device)
             self.generator = VideoGenerator(loaded, cache=cache, solver_map=solver_map)
             self.model_name, self.device_type = loaded.spec.name, loaded.device.type
-        self.storage = open_storage(out)
+        self.storage = open_storage(out, s3_endpoint_url=s3_endpoint_url)
         self.cache = cache
         self.solver_map_id = solver_map.id if solver_map is not None and cache.mode == "hyca" else None
         self.baseline_every = baseline_every
