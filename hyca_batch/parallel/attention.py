@@ -29,15 +29,16 @@ log = logging.getLogger(__name__)
 
 def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention over (B, S, H, D) tensors: output (B, S, H, D) and log-sum-exp (B, H, S), float32."""
-    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
     if q.is_cuda:
         from yunchang.globals import HAS_FLASH_ATTN
 
-        if HAS_FLASH_ATTN:
+        if HAS_FLASH_ATTN:  # takes (B, S, H, D) as it is
             from yunchang.kernels.attention import flash_attn_forward
 
             out, lse = flash_attn_forward(q, k, v, softmax_scale=q.shape[-1] ** -0.5, softcap=0.0)
             return out, lse.float()
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))  # SDPA's (B, H, S, D)
+    if q.is_cuda:
         out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(qt, kt, vt, None, True)[:2]
         return out.transpose(1, 2), lse[..., : q.shape[1]].float()
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qt, kt, vt)[:2]

@@ -31,7 +31,6 @@ from hyca_batch.config import JobConfig
 from hyca_batch.hyca import SolverMap
 from hyca_batch.manifest import Manifest, Request, RowError, check_size, read_manifest
 from hyca_batch.models import ModelSpec, resolve_model
-from hyca_batch.parallel import ParallelConfig
 from hyca_batch.records import committed_ids, failed_ids, read_error, utcnow, write_error
 from hyca_batch.runner.replica import Replica
 from hyca_batch.storage import Storage, StorageError, open_storage
@@ -112,23 +111,16 @@ class Progress:
         if not force and now - self.last < self.every_s:
             return
         self.last = now
-        s, elapsed = self.summary, now - self.t_start
-        finished = s.done + s.failed
-        rate = s.done / elapsed if elapsed > 0 else 0.0
-        left = self.to_generate - finished
+        s = self.summary
+        s.elapsed_s = now - self.t_start  # so far; run_job sets the final value
+        left = self.to_generate - s.done - s.failed
+        rate = s.videos_per_minute / 60
         doc = {
             "run_id": s.run_id,
             "status": status,
-            "total_rows": s.total_rows,
             "to_generate": self.to_generate,
-            "done": s.done,
-            "failed": s.failed,
             "retrying": self.retrying,
-            "skipped": s.skipped,
-            "rejected": s.rejected,
-            "exhausted": s.exhausted,
-            "elapsed_s": round(elapsed, 1),
-            "videos_per_minute": round(60 * rate, 3),
+            **s.counts(),
             "eta_s": round(left / rate, 1) if rate > 0 and status == "running" else None,
             "updated_at": utcnow().isoformat(),
         }
@@ -162,7 +154,7 @@ def run_job(config: JobConfig, *, force: bool = False) -> JobSummary:
     run_id = started_at.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
     spec = resolve_model(config.model)
-    parallel = config.parallel_config()  # bad --sp/--ulysses/--ring fail here, before any work
+    config.parallel_config()  # bad --sp/--ulysses/--ring fail here, before any work
     defaults = spec.defaults.merged(**config.generation_overrides())
     bad_defaults = check_size(defaults.height, defaults.width, defaults.num_frames)
     if bad_defaults:
@@ -203,7 +195,7 @@ def run_job(config: JobConfig, *, force: bool = False) -> JobSummary:
             solver_map = _solver_map(config, spec, storage, pending)
             if solver_map is not None:
                 run_doc["solver_map"] = {"id": solver_map.id, "uri": storage.uri_for(SOLVER_MAP_KEY), **solver_map.metadata}
-            _execute(config, spec, manifest, pending, attempts, run_id, summary, solver_map, parallel, progress)
+            _execute(config, spec, manifest, pending, attempts, run_id, summary, solver_map, progress)
         except Exception as exc:  # the replicas could not run at all (model missing, no resources, ...)
             cause = _root_cause(exc)
             run_doc.update(status="failed", error=cause, finished_at=utcnow().isoformat(), counts=summary.counts())
@@ -337,8 +329,7 @@ def _solver_map(config: JobConfig, spec: ModelSpec, storage: Storage, pending: p
         request = Request.from_row(pending.slice(0, 1).to_pylist()[0])
         log.warning("calibrating the HyCa solver map on %r (interval %d, %d clusters)",
                     request.prompt[:60], config.interval, config.clusters)
-        _check_gpus(config)
-        task = ray.remote(_calibrate).options(num_cpus=config.cpus_per_replica, num_gpus=_gpus_per_replica(config))
+        task = ray.remote(_calibrate).options(num_cpus=config.cpus_per_replica, num_gpus=_replica_gpus(config))
         smap = ray.get(task.remote(spec, request, config))
     if smap.metadata.get("interval") != config.interval:
         log.warning("solver map %s was calibrated for interval %s; this run uses %d, where its choices may not be best",
@@ -383,8 +374,8 @@ def _gpus_per_replica(config: JobConfig) -> float:
     return 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
 
 
-def _check_gpus(config: JobConfig) -> None:
-    """A replica that asks for more GPUs than the cluster has would wait forever: say so instead."""
+def _replica_gpus(config: JobConfig) -> float:
+    """GPUs per replica, checked against the cluster: a replica asking for more would wait forever."""
     import ray
 
     need, have = _gpus_per_replica(config), ray.cluster_resources().get("GPU", 0)
@@ -394,6 +385,7 @@ def _check_gpus(config: JobConfig) -> None:
             "--sp, or on a CPU-only cluster give Ray stand-in GPUs (`ray start --num-gpus N`); an embedded "
             "local Ray adds them itself"
         )
+    return need
 
 
 def _blocks(table: pa.Table, replicas: int) -> list[pa.Table]:
@@ -431,7 +423,6 @@ def _execute(
     run_id: str,
     summary: JobSummary,
     solver_map: SolverMap | None,
-    parallel: ParallelConfig,
     progress: Progress,
 ) -> None:
     import ray
@@ -444,8 +435,7 @@ def _execute(
     for handler in logging.getLogger("ray.data").handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             handler.setLevel(logging.WARNING)  # Ray Data's plan chatter stays in its session log file
-    _check_gpus(config)
-    gpus = _gpus_per_replica(config)
+    gpus = _replica_gpus(config)
 
     # In `ray job logs` (no terminal) every refresh is a line of its own: one every 30 s is plenty.
     bar = tqdm(total=pending.num_rows, unit="video", desc="generating", disable=not config.progress,
@@ -468,7 +458,7 @@ def _execute(
                 "extra_schema": manifest.extra_schema,
                 "device": config.device,
                 "threads": int(config.cpus_per_replica),
-                "parallel": parallel,
+                "parallel": config.parallel_config(),
             },
             batch_size=1,
             batch_format="pyarrow",

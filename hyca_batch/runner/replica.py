@@ -2,8 +2,9 @@
 
 It owns the whole life of a video: generate, encode, put the mp4, then publish the record as the
 commit marker. With ``--sp N`` the replica holds N devices and generates through a group of N rank
-processes (``hyca_batch.parallel.ranks``); it writes rank 0's frames. Nothing raises out of ``__call__``: a failing video becomes an error record and a
-``failed`` result row, so a batch is never dropped and one bad video never costs the others.
+processes (``hyca_batch.parallel.ranks``); it writes rank 0's frames. Nothing raises out of
+``__call__``: a failing video becomes an error record and a ``failed`` result row, so a batch is never
+dropped and one bad video never costs the others.
 """
 
 from __future__ import annotations
