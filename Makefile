@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean chromium
 
 install: $(STAMP)
 
@@ -26,8 +26,17 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/hyca-batch demo
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(VENV)/bin/python -m pytest
+
+# One test renders the cost report in headless Chromium. Installed where this machine allows (Debian or
+# Ubuntu, as root); elsewhere that test says why it skipped.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (timeout 900 apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq \
+	      --no-install-recommends chromium >/dev/null) || echo "chromium could not be installed: the browser test will skip"; \
+	  else echo "no chromium, and no apt-get as root to install it: the browser test will skip"; fi; }
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

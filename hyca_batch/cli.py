@@ -224,6 +224,39 @@ def calibrate(
 
 
 @app.command()
+def report(
+    runs: list[str] = typer.Argument(..., help="Run outputs (the --out of `hyca-batch run`): directories or s3:// URIs."),
+    out: str = typer.Option(..., "--out", "-o", help="Where to write report.html, summary.csv and summary.parquet."),
+    gpu_price: list[str] = typer.Option([], "--gpu-price", help="NAME=USD per device-hour, e.g. H100=2.49 "
+                                        "(repeatable; NAME matches any device whose name contains it)."),
+    prices: Optional[Path] = typer.Option(None, help='JSON file of prices: {"H100": 2.49, "cpu": 0.04}.'),
+    s3_endpoint_url: Optional[str] = typer.Option(None, help="S3-compatible endpoint for s3:// runs and --out."),
+) -> None:
+    """What the runs cost: the bill, cost per video, where the device-hours went, what the cache saved."""
+    from hyca_batch.report import PriceError, PriceTable, build_report
+    from hyca_batch.report.format import fmt
+
+    try:
+        result = build_report(runs, out, PriceTable.build(prices, gpu_price), s3_endpoint_url=s3_endpoint_url)
+    except (PriceError, FileNotFoundError, StorageError, ValueError, OSError) as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        raise typer.Exit(2)
+    table = Table(title="cost per video", header_style="bold")
+    columns = [("run", "run", "text"), ("videos", "videos", "int"), ("failed", "failed", "int"),
+               ("device_hours", "device-h", "hours"), ("bill_usd", "bill", "usd"),
+               ("cost_per_video_usd", "per video", "usd"), ("mean_speedup_estimate", "speedup", "x"),
+               ("saved_usd", "saved", "usd")]
+    for key, name, _ in columns:
+        table.add_column(name, justify="left" if key == "run" else "right", no_wrap=True)
+    for r in result.runs:
+        table.add_row(*[fmt(r.summary[key], kind) for key, _, kind in columns])
+    # Off a terminal (a log, `ray job logs`) Rich assumes 80 columns, which would cut the numbers.
+    wide = Console(stderr=True, width=max(console.width, 110))
+    wide.print(table)
+    wide.print("\n".join(f"wrote {f}" for f in result.files), soft_wrap=True)
+
+
+@app.command()
 def demo(
     out: str = typer.Option("outputs/demo", "--out", "-o", help="Output directory."),
     model: str = typer.Option("mini", help="Model preset or directory (mini: the shipped trained miniature)."),
@@ -244,6 +277,11 @@ def demo(
     )
     console.print(f"manifest: {manifest} ({len(DEMO_PROMPTS)} prompts)")
     summary = _run(JobConfig(manifests=[manifest], out=out, model=model), force=False, strict=True)
+    from hyca_batch.report import build_report
+
+    report_dir = os.path.join(out, "report")
+    build_report([summary.out], report_dir)
+    console.print(f"cost report: {report_dir}/report.html (`hyca-batch report {out} --out {report_dir}` rewrites it)")
     console.print(f"[bold green]demo finished[/bold green]: open {summary.out}/videos/*.mp4 in any player")
 
 

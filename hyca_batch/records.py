@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
@@ -54,6 +55,7 @@ RECORD_SCHEMA = pa.schema(
         pa.field("latent_rel_l2", pa.float64()),
         pa.field("device_type", pa.string()),
         pa.field("device_count", pa.int64()),
+        pa.field("device_name", pa.string()),
         pa.field("status", pa.string()),
         pa.field("attempt", pa.int64()),
         pa.field("output_uri", pa.string()),
@@ -77,6 +79,10 @@ OPTIONAL_FIELDS = frozenset(
 RESERVED_FIELDS = frozenset(RECORD_SCHEMA.names) | {"error", "error_type", "field", "traceback", "history"}
 
 
+#: All records in one file, rewritten at the end of each run (a cache: ``records/`` is the truth).
+SNAPSHOT_KEY = "records.parquet"
+
+
 def video_key(video_id: str) -> str:
     return f"videos/{video_id}.mp4"
 
@@ -87,6 +93,15 @@ def record_key(video_id: str) -> str:
 
 def error_key(video_id: str) -> str:
     return f"errors/{video_id}.json"
+
+
+def run_key(run_id: str) -> str:
+    """One job invocation's document: its configuration, reservation, timing and counts."""
+    return f"runs/{run_id}.json"
+
+
+def replica_key(run_id: str, replica: str) -> str:
+    return f"runs/{run_id}/replica-{replica}.json"
 
 
 def utcnow() -> dt.datetime:
@@ -143,12 +158,36 @@ def failed_ids(storage: Storage) -> set[str]:
 
 
 def read_records(storage: Storage) -> pa.Table:
-    """All records of a run as one table (extra columns unified across files)."""
+    """All records of a run as one table (extra columns unified across files).
+
+    ``records/`` is the truth; ``records.parquet`` (written by :func:`write_snapshot` at the end of each
+    run) holds the same rows in one file, because reading ten thousand one-row files costs seconds per
+    thousand. Records are never rewritten, so a snapshot row is always right; only ids that the snapshot
+    does not have yet are read one file each.
+    """
     keys = [k for k in storage.list("records/") if k.endswith(".parquet")]
     if not keys:
         return RECORD_SCHEMA.empty_table()
     fs, base = storage.arrow_filesystem()
-    paths = [f"{base.rstrip('/')}/{k}" for k in keys]
-    # Every footer is read: runs that appended extra columns later still come back as one table.
-    schema = pa.unify_schemas([pq.read_schema(p, filesystem=fs) for p in paths], promote_options="permissive")
-    return pads.dataset(paths, filesystem=fs, format="parquet", schema=schema).to_table()
+    base = base.rstrip("/")
+    ids = pa.array([k[len("records/") : -len(".parquet")] for k in keys], type=pa.string())
+    tables: list[pa.Table] = []
+    if storage.exists(SNAPSHOT_KEY):
+        snapshot = pq.read_table(f"{base}/{SNAPSHOT_KEY}", filesystem=fs)
+        tables.append(snapshot.filter(pc.is_in(snapshot.column("id"), ids)))  # a record removed by hand stays gone
+        keys = [k for k, covered in zip(keys, pc.is_in(ids, tables[0].column("id")).to_pylist()) if not covered]
+    if keys:
+        paths = [f"{base}/{k}" for k in keys]
+        # Every footer is read: runs that appended extra columns later still come back as one table.
+        schema = pa.unify_schemas([pq.read_schema(p, filesystem=fs) for p in paths], promote_options="permissive")
+        tables.append(pads.dataset(paths, filesystem=fs, format="parquet", schema=schema).to_table())
+    return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+
+
+def write_snapshot(storage: Storage) -> int:
+    """Write ``records.parquet``: every record so far in one file, for fast reading. Returns its row count."""
+    table = read_records(storage)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    storage.put_bytes(SNAPSHOT_KEY, buf.getvalue(), overwrite=True)
+    return table.num_rows

@@ -52,6 +52,10 @@ def test_demo_end_to_end(ray_session, tmp_path):
     for video in videos:
         assert decode_mp4(video.read_bytes()).frames.shape[0] == 9
     assert "demo finished" in first.stderr
+    # It ends with its cost report (tests/test_report.py checks the numbers).
+    summary = pq.read_table(tmp_path / "demo" / "report" / "summary.parquet").to_pylist()
+    assert summary[0]["videos"] == 4 and summary[0]["bill_usd"] > 0 and summary[0]["device"] == "cpu"
+    assert (tmp_path / "demo" / "report" / "report.html").stat().st_size > 10_000
     # The demo runs the trained mini model: its videos show what their prompts say (the mp4s decoded back,
     # so this also covers the encoder). One of the four may miss (the learned-model test has the numbers).
     from hyca_batch.models import synthetic as S

@@ -210,3 +210,14 @@ def test_the_driver_killed_and_the_job_resubmitted_resumes(s3, ray_session):
     assert all(after[k] == t for k, t in before.items())  # nothing committed was generated again
     records = assert_complete(s3, bucket, "run", n)
     assert len({r["run_id"] for r in records}) == 2
+
+    # The cost report reads both invocations from S3 and charges the killed one up to its last heartbeat.
+    from hyca_batch.report import build_report
+
+    report = build_report([out], f"s3://{bucket}/report", s3_endpoint_url=s3.endpoint).runs[0]
+    killed, resumed = report.invocations
+    assert killed.doc["status"] == "running" and resumed.doc["status"] == "finished"
+    assert killed.bill_usd > 0 and resumed.bill_usd > 0 and killed.ended_at <= resumed.started_at
+    assert report.summary["videos"] == n
+    assert report.summary["cost_per_video_usd"] * n == pytest.approx(killed.bill_usd + resumed.bill_usd)
+    assert {"report.html", "summary.csv", "summary.parquet"} <= set(objects(s3, bucket, "report/"))

@@ -53,6 +53,13 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
 
+    @property
+    def device_name(self) -> str:
+        """The accelerator's product name ("NVIDIA H100 80GB HBM3"), or "cpu": cost reports price by it."""
+        if self.device.type == "cuda":
+            return torch.cuda.get_device_name(self.device)
+        return self.device.type
+
 
 PRESETS: dict[str, ModelSpec] = {
     "tiny": ModelSpec(name="tiny", kind=KIND_TINY, source="", defaults=TINY_DEFAULTS),

@@ -243,6 +243,7 @@ class _Rank:
         return {
             "device": str(self.model.device),
             "device_type": self.model.device.type,
+            "device_name": self.model.device_name,
             "model": self.model.spec.name,
             "ulysses": self.groups.ulysses,
             "ring": self.groups.ring,

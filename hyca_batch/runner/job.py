@@ -31,7 +31,16 @@ from hyca_batch.config import JobConfig
 from hyca_batch.hyca import SolverMap
 from hyca_batch.manifest import Manifest, Request, RowError, check_size, read_manifest
 from hyca_batch.models import ModelSpec, resolve_model
-from hyca_batch.records import committed_ids, failed_ids, read_error, utcnow, write_error
+from hyca_batch.records import (
+    SNAPSHOT_KEY,
+    committed_ids,
+    failed_ids,
+    read_error,
+    run_key,
+    utcnow,
+    write_error,
+    write_snapshot,
+)
 from hyca_batch.runner.replica import Replica
 from hyca_batch.storage import Storage, StorageError, open_storage
 
@@ -98,11 +107,14 @@ class Progress:
     """``progress.json`` under the output, rewritten as the job runs (at most every ``every_s``).
 
     The same numbers as the progress bar in ``ray job logs -f``, for dashboards and scripts that watch
-    the bucket. Failing to write it never stops the job.
+    the bucket. The invocation's ``runs/<run_id>.json`` gets the counts and ``updated_at`` too, so that a
+    driver killed mid-run leaves the time it ran on record (the cost report charges it). Failing to write
+    either never stops the job.
     """
 
-    def __init__(self, storage: Storage, summary: JobSummary, to_generate: int, t_start: float, every_s: float = 10.0):
-        self.storage, self.summary, self.to_generate = storage, summary, to_generate
+    def __init__(self, storage: Storage, summary: JobSummary, run_doc: dict[str, Any], to_generate: int,
+                 t_start: float, every_s: float = 10.0):
+        self.storage, self.summary, self.run_doc, self.to_generate = storage, summary, run_doc, to_generate
         self.t_start, self.every_s, self.last = t_start, every_s, -math.inf
         self.retrying = 0
 
@@ -124,10 +136,12 @@ class Progress:
             "eta_s": round(left / rate, 1) if rate > 0 and status == "running" else None,
             "updated_at": utcnow().isoformat(),
         }
-        try:
-            self.storage.put_bytes(PROGRESS_KEY, json.dumps(doc, indent=2).encode(), overwrite=True)
-        except (StorageError, OSError) as exc:
-            log.warning("could not update %s: %s", self.storage.uri_for(PROGRESS_KEY), exc)
+        self.run_doc.update(counts=s.counts(), updated_at=doc["updated_at"])
+        for key, body in ((PROGRESS_KEY, doc), (run_key(s.run_id), self.run_doc)):
+            try:
+                self.storage.put_bytes(key, json.dumps(body, indent=2, default=str).encode(), overwrite=True)
+            except (StorageError, OSError) as exc:
+                log.warning("could not update %s: %s", self.storage.uri_for(key), exc)
 
 
 def package_versions() -> dict[str, str]:
@@ -188,27 +202,44 @@ def run_job(config: JobConfig, *, force: bool = False) -> JobSummary:
         run_id, manifest.total_rows, len(pending), summary.skipped, summary.rejected,
     )
 
-    progress = Progress(storage, summary, len(pending), t_start)
+    progress = Progress(storage, summary, run_doc, len(pending), t_start)
     progress.update(force=True)
     if len(pending):
         try:
+            _init_ray(config)
+            # What the job holds while it runs: the cost report charges it for the whole run.
+            run_doc["reservation"] = {"replicas": config.replicas, "gpus_per_replica": _replica_gpus(config),
+                                      "cpus_per_replica": config.cpus_per_replica}
+            t_map = time.perf_counter()
             solver_map = _solver_map(config, spec, storage, pending)
+            if config.cache == "hyca":
+                run_doc["calibration_s"] = time.perf_counter() - t_map  # calibrating, or loading a map
+            progress.update(force=True)  # the reservation on record at once: a killed driver is still charged
             if solver_map is not None:
                 run_doc["solver_map"] = {"id": solver_map.id, "uri": storage.uri_for(SOLVER_MAP_KEY), **solver_map.metadata}
             _execute(config, spec, manifest, pending, attempts, run_id, summary, solver_map, progress)
         except Exception as exc:  # the replicas could not run at all (model missing, no resources, ...)
             cause = _root_cause(exc)
-            run_doc.update(status="failed", error=cause, finished_at=utcnow().isoformat(), counts=summary.counts())
-            storage.put_bytes(RUN_KEY, json.dumps(run_doc, indent=2, default=str).encode(), overwrite=True)
+            run_doc.update(status="failed", error=cause)
             progress.update("failed", force=True)
+            run_doc.update(finished_at=utcnow().isoformat(), counts=summary.counts())
+            body = json.dumps(run_doc, indent=2, default=str).encode()
+            storage.put_bytes(RUN_KEY, body, overwrite=True)
+            storage.put_bytes(run_key(run_id), body, overwrite=True)
             raise JobError(f"the job stopped after {summary.done} videos: {cause}") from exc
 
-    progress.update("finished", force=True)
+    if summary.done:
+        try:
+            write_snapshot(storage)
+        except (StorageError, OSError) as exc:  # only a cache for readers: records/ has everything
+            log.warning("could not write %s: %s", storage.uri_for(SNAPSHOT_KEY), exc)
     summary.elapsed_s = time.perf_counter() - t_start
-    run_doc.update(status="finished", finished_at=utcnow().isoformat(), counts=summary.counts())
+    run_doc["status"] = "finished"
+    progress.update("finished", force=True)
+    run_doc.update(finished_at=utcnow().isoformat(), counts=summary.counts())
     body = json.dumps(run_doc, indent=2, default=str).encode()
     storage.put_bytes(RUN_KEY, body, overwrite=True)
-    storage.put_bytes(f"runs/{run_id}.json", body)  # the history of every invocation, never overwritten
+    storage.put_bytes(run_key(run_id), body, overwrite=True)  # one per invocation: the history of the output
     return summary
 
 
@@ -411,7 +442,9 @@ def _init_ray(config: JobConfig) -> None:
             # No GPUs: N stand-in GPUs per replica, so Ray places sequence-parallel replicas as it would
             # on GPUs (the ranks run on the CPU).
             kwargs["num_gpus"] = config.sp * config.replicas
-    ray.init(include_dashboard=False, logging_level=logging.WARNING, **kwargs)
+    # "local": always a new embedded Ray, as documented. Left to its default, ray.init() joins whatever
+    # /tmp/ray/ray_current_cluster names, and waits forever when that cluster is gone.
+    ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, **kwargs)
 
 
 def _execute(
@@ -436,7 +469,6 @@ def _execute(
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             handler.setLevel(logging.WARNING)  # Ray Data's plan chatter stays in its session log file
     gpus = _replica_gpus(config)
-
     # In `ray job logs` (no terminal) every refresh is a line of its own: one every 30 s is plenty.
     bar = tqdm(total=pending.num_rows, unit="video", desc="generating", disable=not config.progress,
                mininterval=0.1 if sys.stderr.isatty() else 30.0)

@@ -9,10 +9,15 @@ dropped and one bad video never costs the others.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import json
 import logging
+import os
+import socket
 import time
 import traceback
+import uuid
 from typing import Any
 
 import pyarrow as pa
@@ -25,7 +30,7 @@ from hyca_batch.hyca import FeatureCacheConfig, SolverMap
 from hyca_batch.manifest import Request
 from hyca_batch.models import ModelSpec, load_model
 from hyca_batch.parallel import ParallelConfig, RankGroup, RankSetup
-from hyca_batch.records import record_key, utcnow, video_key, write_error, write_record
+from hyca_batch.records import record_key, replica_key, utcnow, video_key, write_error, write_record
 from hyca_batch.storage import open_storage
 
 log = logging.getLogger(__name__)
@@ -58,6 +63,7 @@ class Replica:
         parallel: ParallelConfig | None = None,
         s3_endpoint_url: str | None = None,
     ):
+        started_at, t_load = utcnow(), time.perf_counter()
         self.parallel = parallel or ParallelConfig()
         self.ranks: RankGroup | None = None
         self.generator: VideoGenerator | None = None
@@ -66,20 +72,43 @@ class Replica:
                               threads=max(1, threads // self.parallel.sp))
             self.ranks = RankGroup(setup)
             self.ranks.start()  # a model that cannot load fails here, before any video, as without --sp
-            self.model_name, self.device_type = self.ranks.info["model"], self.ranks.info["device_type"]
+            info = self.ranks.info
+            self.model_name, self.device_type, self.device_name = info["model"], info["device_type"], info["device_name"]
         else:
             if device is None and torch.cuda.is_available():
                 device = "cuda"
             torch.set_num_threads(max(1, threads))
             loaded = load_model(model, device=device)
             self.generator = VideoGenerator(loaded, cache=cache, solver_map=solver_map)
-            self.model_name, self.device_type = loaded.spec.name, loaded.device.type
+            self.model_name, self.device_type, self.device_name = loaded.spec.name, loaded.device.type, loaded.device_name
         self.storage = open_storage(out, s3_endpoint_url=s3_endpoint_url)
+        self._announce(run_id, started_at, time.perf_counter() - t_load)
         self.cache = cache
         self.solver_map_id = solver_map.id if solver_map is not None and cache.mode == "hyca" else None
         self.baseline_every = baseline_every
         self.run_id = run_id
         self.extra_schema = extra_schema
+
+    def _announce(self, run_id: str, started_at: dt.datetime, load_s: float) -> None:
+        """``runs/<run_id>/replica-*.json``: when this replica started and how long its model took to load.
+
+        The cost report charges model loading from these; nothing else needs them, so failing to write one
+        never stops the replica.
+        """
+        doc = {
+            "run_id": run_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started_at": started_at.isoformat(),
+            "load_s": load_s,
+            "device_type": self.device_type,
+            "device_name": self.device_name,
+            "device_count": self.parallel.sp,
+        }
+        try:
+            self.storage.put_bytes(replica_key(run_id, uuid.uuid4().hex[:12]), json.dumps(doc, indent=2).encode())
+        except Exception as exc:  # noqa: BLE001 - bookkeeping only
+            log.warning("could not record replica start-up: %s", exc)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = [self.process(row) for row in batch.to_pylist()]
@@ -117,6 +146,7 @@ class Replica:
                 **baseline,
                 "device_type": self.device_type,
                 "device_count": self.parallel.sp,
+                "device_name": self.device_name,
                 "status": "done",
                 "attempt": attempt,
                 "output_uri": uri,
@@ -154,6 +184,7 @@ class Replica:
                         "source_row": request.source_row,
                         "run_id": self.run_id,
                         "at": utcnow().isoformat(),
+                        "elapsed_s": time.perf_counter() - t0,  # the cost report charges failed tries
                     },
                 )
             except Exception as write_exc:  # storage down: the driver still learns of the failure
