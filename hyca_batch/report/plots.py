@@ -36,7 +36,7 @@ def _unit(runs: list[RunCosts]) -> str:
 
 
 def cost_per_video(runs: list[RunCosts]) -> bytes:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     labels = [r.label for r in runs]
     for ax, key, title, ylabel in (
         (axes[0], "cost_per_video_usd", "Cost per video", "USD per video"),
@@ -49,12 +49,12 @@ def cost_per_video(runs: list[RunCosts]) -> bytes:
         ax.set_ylabel(ylabel)
         ax.set_ylim(0, max(values + [1e-9]) * 1.2)
         ax.tick_params(axis="x", rotation=15)
-    fig.suptitle("Everything charged: model loading, start-up, idle and failed tries included", fontsize=9, y=0.02)
+    fig.supxlabel("Everything charged: model loading, start-up, idle and failed tries included", fontsize=9)
     return _png(fig)
 
 
 def breakdown(runs: list[RunCosts]) -> bytes:
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.6 * len(runs)))
+    fig, ax = plt.subplots(figsize=(10, 2.0 + 0.6 * len(runs)), layout="constrained")
     labels = [r.label for r in runs]
     left = [0.0] * len(runs)
     for c, name in CATEGORIES.items():
@@ -66,7 +66,7 @@ def breakdown(runs: list[RunCosts]) -> bytes:
     ax.invert_yaxis()
     ax.set_xlabel(_unit(runs))
     ax.set_title("Where the device-hours went")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35 - 0.05 * len(runs)), ncol=4, fontsize=8, frameon=False)
+    fig.legend(loc="outside lower center", ncol=4, fontsize=8, frameon=False)
     return _png(fig)
 
 
