@@ -231,3 +231,19 @@ def test_prices_defaults_overrides_and_errors(tmp_path):
     prices.write_text("[1, 2]")
     with pytest.raises(PriceError, match="JSON object"):
         PriceTable.build(prices)
+
+
+def test_an_invocation_whose_replicas_never_started_is_still_charged(runs, tmp_path):
+    plain, _ = runs
+    copy = shutil.copytree(plain, tmp_path / "failed")
+    doc = json.loads(next((copy / "runs").glob("*.json")).read_text())
+    # As a run whose model failed to load leaves it: its reservation and times, no replica notes, no records.
+    started = _time(doc["finished_at"]) + dt.timedelta(minutes=5)
+    doc.update(run_id="20990101T000000Z-deadbeef", status="failed", error="the model could not be loaded",
+               started_at=started.isoformat(), finished_at=(started + dt.timedelta(seconds=90)).isoformat())
+    (copy / "runs" / f"{doc['run_id']}.json").write_text(json.dumps(doc))
+    report = build_report([str(copy)], str(tmp_path / "rep"), PriceTable.build(overrides=[f"cpu={PRICE}"])).runs[0]
+    failed = report.invocations[-1]
+    assert failed.run_id == doc["run_id"] and failed.device_name == "cpu"  # priced as the output's other runs
+    assert failed.bill_usd == pytest.approx(90 * PRICE / 3600) and failed.hours["idle_startup"] == failed.device_hours
+    assert report.summary["bill_usd"] == pytest.approx(sum(i.bill_usd for i in report.invocations))

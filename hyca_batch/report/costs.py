@@ -133,8 +133,13 @@ def load_run(uri: str, prices: PriceTable, *, label: str | None = None, s3_endpo
     for k in replica_keys:
         replicas_by_run.setdefault(k.split("/")[1], []).append(docs[k])
     errors = [docs[k] for k in error_keys]
+    # An invocation whose replicas never started (a model that failed to load) still held its devices: it is
+    # priced as the output's other invocations ran.
+    seen = [docs[k].get("device_name") for k in replica_keys] + (
+        records.column("device_name").to_pylist() if "device_name" in records.column_names else [])
+    usual = max(set(n for n in seen if n), key=seen.count, default=None)
     invocations = [
-        _invocation(docs[k], records, replicas_by_run.get(docs[k]["run_id"], []), errors, prices)
+        _invocation(docs[k], records, replicas_by_run.get(docs[k]["run_id"], []), errors, prices, usual)
         for k in sorted(run_keys)
     ]
     invocations.sort(key=lambda inv: inv.started_at)
@@ -164,7 +169,7 @@ def _time(value: Any) -> dt.datetime | None:
 
 
 def _invocation(doc: dict[str, Any], records: pa.Table, replicas: list[dict[str, Any]], errors: list[dict[str, Any]],
-                prices: PriceTable) -> Invocation:
+                prices: PriceTable, usual_device: str | None) -> Invocation:
     run_id = doc["run_id"]
     mine = records.filter(pc.equal(records.column("run_id"), run_id)) if records.num_rows else records
     started = _time(doc["started_at"])
@@ -183,7 +188,9 @@ def _invocation(doc: dict[str, Any], records: pa.Table, replicas: list[dict[str,
     else:
         replicas_n = int(reservation["replicas"])
         gpus, cpus = float(reservation["gpus_per_replica"]), float(reservation["cpus_per_replica"])
-    device_type = (replicas[0].get("device_type") if replicas else None) or ("cuda" if gpus > 0 else "cpu")
+    if not names and usual_device:
+        names = [usual_device]
+    device_type = "cpu" if names and names[0] == "cpu" else "cuda" if names or gpus > 0 else "cpu"
     device_name = names[0] if names else ("cpu" if device_type == "cpu" else "unknown GPU")
     if device_type == "cpu":
         unit, per_replica = "CPU core", cpus
