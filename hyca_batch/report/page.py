@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import io
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import jinja2
 import pyarrow.csv as pacsv
