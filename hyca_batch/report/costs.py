@@ -125,8 +125,8 @@ def load_run(uri: str, prices: PriceTable, *, label: str | None = None, s3_endpo
         raise FileNotFoundError(f"{storage.uri}: no runs/*.json here; is this the --out of a hyca-batch run?")
     replica_keys = [k for k in keys if k.count("/") == 2 and k.rsplit("/", 1)[1].startswith("replica-")]
     error_keys = [k for k in storage.list("errors/") if k.endswith(".json")]
-    extra_keys = [k for k in ("solver_map.json",) if storage.exists(k)]
-    docs = _read_json(storage, run_keys + replica_keys + error_keys + extra_keys)
+    map_keys = ["solver_map.json"] if storage.exists("solver_map.json") else []  # hyca runs: the readable map
+    docs = _read_json(storage, run_keys + replica_keys + error_keys + map_keys)
     records = read_records(storage)
 
     replicas_by_run: dict[str, list[dict[str, Any]]] = {}
@@ -334,6 +334,12 @@ def _summary(name: str, uri: str, invocations: list[Invocation], records: pa.Tab
     for c in CATEGORIES:
         row[f"hours_{c}"] = sum(inv.hours[c] for inv in invocations)
     return row
+
+
+def hours_unit(runs: list[RunCosts]) -> str:
+    """What the runs' device-hours are: "GPU-hours", "CPU core-hours", or "device-hours" when they mix."""
+    units = {r.summary["device_unit"] for r in runs}
+    return f"{units.pop()}-hours" if len(units) == 1 else "device-hours"
 
 
 def summary_table(runs: list[RunCosts]) -> pa.Table:

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from hyca_batch import __version__
 from hyca_batch.records import utcnow
 from hyca_batch.report import plots
-from hyca_batch.report.costs import CATEGORIES, RunCosts, load_run, summary_table
+from hyca_batch.report.costs import CATEGORIES, RunCosts, hours_unit, load_run, summary_table
 from hyca_batch.report.format import fmt
 from hyca_batch.report.prices import PriceTable
 from hyca_batch.storage import open_storage
@@ -62,11 +62,10 @@ def build_report(uris: list[str], out: str, prices: PriceTable | None = None, *,
     env = jinja2.Environment(loader=jinja2.PackageLoader("hyca_batch.report", "."),
                              autoescape=True, undefined=jinja2.StrictUndefined)
     env.filters["fmt"] = fmt
-    units = {r.summary["device_unit"] for r in runs}
     html = env.get_template("report.html.j2").render(
         runs=runs, figures=figures, headline=HEADLINE, categories=CATEGORIES, prices=used,
         overridden=prices.overridden, max_failures=MAX_FAILURES, version=__version__,
-        unit=f"{units.pop()}-hours" if len(units) == 1 else "device-hours",
+        unit=hours_unit(runs),
         generated_at=utcnow().strftime("%Y-%m-%d %H:%M UTC"),
     )
     storage = open_storage(out, s3_endpoint_url=s3_endpoint_url)

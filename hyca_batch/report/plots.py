@@ -16,7 +16,7 @@ matplotlib.use("Agg")  # no display on a cluster node or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from hyca_batch.report.costs import CATEGORIES, RunCosts  # noqa: E402
+from hyca_batch.report.costs import CATEGORIES, RunCosts, hours_unit  # noqa: E402
 from hyca_batch.report.format import fmt  # noqa: E402
 
 _COLORS = plt.get_cmap("tab10").colors
@@ -28,11 +28,6 @@ def _png(fig: Figure) -> bytes:
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
-
-
-def _unit(runs: list[RunCosts]) -> str:
-    units = {r.summary["device_unit"] for r in runs}
-    return f"{units.pop()}-hours" if len(units) == 1 else "device-hours"
 
 
 def cost_per_video(runs: list[RunCosts]) -> bytes:
@@ -64,7 +59,7 @@ def breakdown(runs: list[RunCosts]) -> bytes:
         ax.barh(labels, values, left=left, label=name, color=_CATEGORY_COLORS[c])
         left = [a + b for a, b in zip(left, values)]
     ax.invert_yaxis()
-    ax.set_xlabel(_unit(runs))
+    ax.set_xlabel(hours_unit(runs))
     ax.set_title("Where the device-hours went")
     fig.legend(loc="outside lower center", ncol=4, fontsize=8, frameon=False)
     return _png(fig)

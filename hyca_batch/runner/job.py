@@ -220,12 +220,8 @@ def run_job(config: JobConfig, *, force: bool = False) -> JobSummary:
             _execute(config, spec, manifest, pending, attempts, run_id, summary, solver_map, progress)
         except Exception as exc:  # the replicas could not run at all (model missing, no resources, ...)
             cause = _root_cause(exc)
-            run_doc.update(status="failed", error=cause)
-            progress.update("failed", force=True)
-            run_doc.update(finished_at=utcnow().isoformat(), counts=summary.counts())
-            body = json.dumps(run_doc, indent=2, default=str).encode()
-            storage.put_bytes(RUN_KEY, body, overwrite=True)
-            storage.put_bytes(run_key(run_id), body, overwrite=True)
+            run_doc["error"] = cause
+            _close_run(storage, run_doc, summary, progress, "failed")
             raise JobError(f"the job stopped after {summary.done} videos: {cause}") from exc
 
     if summary.done:
@@ -234,13 +230,18 @@ def run_job(config: JobConfig, *, force: bool = False) -> JobSummary:
         except (StorageError, OSError) as exc:  # only a cache for readers: records/ has everything
             log.warning("could not write %s: %s", storage.uri_for(SNAPSHOT_KEY), exc)
     summary.elapsed_s = time.perf_counter() - t_start
-    run_doc["status"] = "finished"
-    progress.update("finished", force=True)
+    _close_run(storage, run_doc, summary, progress, "finished")
+    return summary
+
+
+def _close_run(storage: Storage, run_doc: dict[str, Any], summary: JobSummary, progress: Progress, status: str) -> None:
+    """The run's last word: progress.json, then run.json and ``runs/<run_id>.json`` (the output's history)."""
+    run_doc["status"] = status
+    progress.update(status, force=True)
     run_doc.update(finished_at=utcnow().isoformat(), counts=summary.counts())
     body = json.dumps(run_doc, indent=2, default=str).encode()
     storage.put_bytes(RUN_KEY, body, overwrite=True)
-    storage.put_bytes(run_key(run_id), body, overwrite=True)  # one per invocation: the history of the output
-    return summary
+    storage.put_bytes(run_key(summary.run_id), body, overwrite=True)
 
 
 def _root_cause(exc: BaseException) -> str:
