@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from hyca_batch.config import JobConfig
 from hyca_batch.encode import decode_mp4, encode_mp4
+from hyca_batch.fidelity import psnr
 from hyca_batch.generate import VideoGenerator
 from hyca_batch.hyca import FeatureCacheConfig, SolverMap
 from hyca_batch.manifest import Request
@@ -66,12 +66,17 @@ def test_sp2_gives_the_videos_of_sp1(ray_gpus, write_manifest, tmp_path):
     records = read_records(open_storage(str(tmp_path / "sp2"))).to_pylist()
     assert {r["device_count"] for r in records} == {2} and len(records) == 2
     for rec in records:
+        # The claim is about the frames the two made, not about two H.264 encodes: frames that differ by float
+        # noise (another summation order, <= 1 level) can lead x264 to other modes for a block, so the sp2 video
+        # is held to the single-process frames before encoding, within what the codec itself loses on them.
+        single = generator(Request.from_row(rec)).frames
         parallel = decode_mp4(Path(rec["output_uri"]).read_bytes()).frames
-        single = decode_mp4(encode_mp4(generator(Request.from_row(rec)).frames, rec["fps"])).frames
-        diff = np.abs(single.astype(int) - parallel)
-        print(f"{rec['id']}: max pixel difference {diff.max()}, mean {diff.mean():.4f}")
-        # H.264 of frames that differ by float noise (<= 1 level before encoding) decodes near-identically.
-        assert single.shape == parallel.shape and diff.mean() < 0.05 and diff.max() <= 8
+        assert single.shape == parallel.shape
+        codec_only = psnr(single, decode_mp4(encode_mp4(single, rec["fps"])).frames)
+        sp2 = psnr(single, parallel)
+        print(f"{rec['id']}: PSNR against the single-process frames: sp2 video {sp2:.2f} dB, "
+              f"their own encode {codec_only:.2f} dB")
+        assert sp2 >= codec_only - 1.0
 
 
 def test_a_rank_killed_mid_video_is_retried_to_a_complete_video(ray_gpus, arm_file, write_manifest, tmp_path):
