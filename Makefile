@@ -26,7 +26,12 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/hyca-batch demo
 
+# The layers import downwards only (import-linter contracts in pyproject.toml), the code passes ruff's lint and
+# format check, then the suite runs.
 test: $(STAMP) chromium
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/python -m pytest
 
 # One test renders the cost report in headless Chromium. Installed where this machine allows (Debian or

@@ -300,7 +300,7 @@ class Bench:
     """One loaded model, with at most one cache active at any time, and the runs that measure it."""
 
     def __init__(self, model) -> None:
-        from hyca_batch.generate import VideoGenerator
+        from hyca_batch.pipeline.generate import VideoGenerator
 
         self.model = model
         self.transformer = model.pipeline.transformer
@@ -315,7 +315,7 @@ class Bench:
         return bool(getattr(self.transformer, "is_cache_enabled", False))
 
     def install_ours(self, config, solver_map=None) -> None:
-        from hyca_batch.generate import VideoGenerator
+        from hyca_batch.pipeline.generate import VideoGenerator
 
         if self._diffusers_cache_active():
             raise RuntimeError("a diffusers cache is still enabled; disable it before installing our FeatureCache")
@@ -328,12 +328,12 @@ class Bench:
             self.generator = None
 
     def enable_diffusers(self, config) -> None:
-        from hyca_batch.hyca import FeatureCacheConfig
+        from hyca_batch.config import CacheConfig
 
         self.disable_diffusers()
         # Our cache stays installed only as the pass counter (mode none: no block hooks, nothing forecast).
         if self.generator is None or self.generator.cache.config.mode != "none":
-            self.install_ours(FeatureCacheConfig(mode="none"))
+            self.install_ours(CacheConfig(mode="none"))
         self.transformer.enable_cache(config)
 
     def disable_diffusers(self) -> None:
@@ -341,11 +341,11 @@ class Bench:
             self.transformer.disable_cache()
 
     def activate_reference(self) -> None:
-        from hyca_batch.hyca import FeatureCacheConfig
+        from hyca_batch.config import CacheConfig
 
         self.disable_diffusers()
         if self.generator is None or self.generator.cache.config.mode != "none":
-            self.install_ours(FeatureCacheConfig(mode="none"))
+            self.install_ours(CacheConfig(mode="none"))
 
     def close(self) -> None:
         self.disable_diffusers()
@@ -448,11 +448,11 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     from diffusers import FirstBlockCacheConfig, TaylorSeerCacheConfig
     from tqdm import tqdm
 
-    from hyca_batch.fidelity import psnr, relative_l2, ssim
-    from hyca_batch.hyca import FeatureCacheConfig
-    from hyca_batch.hyca.probe import CalibrationConfig, calibrate_model
-    from hyca_batch.manifest import Request
+    from hyca_batch.config import CacheConfig, CalibrationConfig
     from hyca_batch.models import load_model, resolve_model
+    from hyca_batch.pipeline.calibration import calibrate_model
+    from hyca_batch.pipeline.fidelity import psnr, relative_l2, ssim
+    from hyca_batch.types import Request
 
     started = time.perf_counter()
     spec = resolve_model(args.model)
@@ -468,17 +468,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         torch.set_num_threads(threads)
 
     def request(i: int, prompt: str, seed: int) -> Request:
-        return Request(
-            id=f"cache-quality-{i}",
-            prompt=prompt,
-            seed=seed,
-            height=size.height,
-            width=size.width,
-            num_frames=size.num_frames,
-            num_inference_steps=steps,
-            guidance_scale=size.guidance_scale,
-            fps=size.fps,
-        )
+        return Request.with_defaults(size, id=f"cache-quality-{i}", prompt=prompt, seed=seed)
 
     requests = [request(i, p, args.seed + i) for i, p in enumerate(args.prompts)]
     calibration_request = request(-1, args.calibration_prompt, CALIBRATION_SEED)
@@ -493,7 +483,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     calibration_info = {}
     for n in args.intervals:
         t0 = time.perf_counter()
-        solver_map = calibrate_model(model, [calibration_request], CalibrationConfig(interval=n, clusters=args.clusters))
+        solver_map = calibrate_model(model, [calibration_request], CacheConfig(mode="hyca", interval=n),
+                                     CalibrationConfig(clusters=args.clusters))
         solver_maps[n] = solver_map
         calibration_info[str(n)] = {
             "solver_map_id": solver_map.id,
@@ -505,7 +496,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 
     def activator(method: Method) -> Callable[[], None]:
         if method.family == "hyca_batch":
-            config = FeatureCacheConfig(
+            config = CacheConfig(
                 mode=method.params["mode"],
                 interval=method.interval,
                 taylorseer_order=method.params.get("taylorseer_order", 2),

@@ -11,7 +11,7 @@ materialized on the GPU with random bf16 weights (no download, no text encoders:
 256 tokens of which ``--text-valid`` are unmasked, random pooled projections, guidance 6.0), and
 AutoencoderKLHunyuanVideo with the real configuration, random weights, tiling on. The denoising loop is
 diffusers' own HunyuanVideoPipeline loop (FlowMatchEulerDiscreteScheduler, shift 7) called with the
-embeddings, ``output_type="latent"``, and the project's cache hooks (``hyca_batch.hyca.apply_feature_cache``)
+embeddings, ``output_type="latent"``, and the project's cache hooks (``hyca_batch.cache.apply_feature_cache``)
 on the transformer: ``none`` (only the pass counter and timer), ``taylorseer`` (order 2, N=5) and ``hyca``
 (N=6, the map from the project's calibration, see below).
 
@@ -38,8 +38,8 @@ N=6: 3 to 21, by the history its map keeps), and the 50-step loop time is derive
 passes x the mean full pass, its skipped passes x the mean skipped pass at their history depth, and every
 step x the measured per-step remainder (scheduler step, hooks). JSON says which (``loop``: ``measured`` or ``derived``).
 
-HyCa's solver map comes from the project's calibration code (the probe hooks with ``probe_tokens``, then
-``hyca_batch.hyca.calibrate.calibrate`` with the sampler's dsigma^2 step weights) run on this transformer at a
+HyCa's solver map comes from the project's calibration code (the cache's trajectory probe, then
+``hyca_batch.cache.calibrate.calibrate`` with the sampler's dsigma^2 step weights) run on this transformer at a
 reduced probe size (``--calib-size``, default 256x256x33, 128 probe tokens) for the full ``--steps`` steps and
 N=6; a map is per channel and module, not per token count, so it applies at every size. With random weights
 its solver mix says nothing about quality and may differ from a trained model's (the tiny random model's
@@ -48,11 +48,10 @@ cost, both in the JSON. ``--solver-map PATH`` uses a saved map instead (e.g. one
 weights with ``hyca-batch calibrate``).
 
 ``--sp 1 2 4 8`` (more than one GPU): the same per-pass measurements (no VAE) with the project's sequence
-parallelism: one process per rank started by this script, each joining the process group with
-``hyca_batch.parallel.groups.init_groups`` and sharding its own real-config transformer with
-``apply_sequence_parallel`` (the code a RankGroup rank runs), and the scaling against the same path at sp 1.
-A RankGroup itself needs a ModelSpec, and no preset describes "the real config with random weights" (its
-``generate`` also runs the text encoders), so this benchmark drives the ranks itself.
+parallelism: the package's rank group (``hyca_batch.runtime.RankGroup``) starts one process per rank, each of
+which loads the real-config random-weight model (``hyca_batch.models.random_weights``), joins the replica's
+process groups and shards its transformer exactly as a replica's rank does (``ShardedModelRank``), then runs
+this script's measurement (``SpeedRank.measure``); the scaling is against the same path at sp 1.
 
 Writes JSON (``--json``) after every configuration (a run cut short keeps what it measured) and appends a
 dated markdown table with the device name to ``--results-md``. Numbers are what one run measured; no test
@@ -66,13 +65,10 @@ import datetime as dt
 import gc
 import importlib.util
 import json
-import math
 import os
 import platform
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,33 +81,18 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a bare checkout (the GPU machine) without installing the package
     sys.path.insert(0, str(ROOT))
 
-from hyca_batch.hyca import FeatureCacheConfig, SolverMap, apply_feature_cache, cached_modules  # noqa: E402
-from hyca_batch.hyca.calibrate import calibrate, schedule_full_steps  # noqa: E402
-from hyca_batch.hyca.probe import step_weights  # noqa: E402
+from hyca_batch.cache import SolverMap, TrajectoryProbe, apply_feature_cache, cached_modules  # noqa: E402
+from hyca_batch.cache.calibrate import calibrate  # noqa: E402
+from hyca_batch.cache.schedule import schedule_full_steps  # noqa: E402
+from hyca_batch.config import CacheConfig, ParallelConfig  # noqa: E402
+from hyca_batch.models import load_model, random_weights  # noqa: E402
+from hyca_batch.models.random_weights import FAMILIES  # noqa: E402
+from hyca_batch.pipeline.calibration import step_weights  # noqa: E402
+from hyca_batch.runtime import RankFailure, RankGroup, RankSetup  # noqa: E402
+from hyca_batch.runtime.workers import ShardedModelRank  # noqa: E402
 
-# hunyuanvideo-community/HunyuanVideo transformer/config.json (diffusers' HunyuanVideoTransformer3DModel).
-REAL_TRANSFORMER = dict(
-    in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128, num_layers=20,
-    num_single_layers=40, num_refiner_layers=2, mlp_ratio=4.0, patch_size=2, patch_size_t=1, qk_norm="rms_norm",
-    guidance_embeds=True, text_embed_dim=4096, pooled_projection_dim=768, rope_theta=256.0, rope_axes_dim=(16, 56, 56),
-)
-# hunyuanvideo-community/HunyuanVideo vae/config.json (AutoencoderKLHunyuanVideo).
-REAL_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-    norm_num_groups=32, scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4,
-    mid_block_add_attention=True,
-)
-# The project's `tiny` preset (hyca_batch/models/tiny.py): the same classes at toy size, for --scaled-down.
-TINY_TRANSFORMER = dict(
-    in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=2, num_single_layers=2,
-    num_refiner_layers=1, mlp_ratio=2.0, patch_size=2, patch_size_t=1, qk_norm="rms_norm", guidance_embeds=True,
-    text_embed_dim=32, pooled_projection_dim=24, rope_theta=256.0, rope_axes_dim=(4, 6, 6),
-)
-TINY_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
-    norm_num_groups=4, spatial_compression_ratio=8, temporal_compression_ratio=4, mid_block_add_attention=True,
-)
-SCHEDULER_SHIFT = 7.0  # HunyuanVideo's flow shift
+# The configurations come from the package: HunyuanVideo's real one, and the `tiny` preset's for --scaled-down.
+REAL_TRANSFORMER = FAMILIES["hunyuanvideo"][0]
 GUIDANCE = 6.0  # embedded guidance of the HunyuanVideo reference setting
 DEFAULT_INTERVALS = {"fora": 5, "taylorseer": 5, "foca": 5, "hyca": 6}  # the HyCa paper's Table 3 settings
 GIB = 1024**3
@@ -136,12 +117,16 @@ their table but do not append here unless `--results-md` is given.
 # -- model construction -------------------------------------------------------------------------------
 
 
+def family(scaled_down: bool) -> str:
+    return "tiny" if scaled_down else "hunyuanvideo"
+
+
 def transformer_config(scaled_down: bool) -> dict:
-    return dict(TINY_TRANSFORMER if scaled_down else REAL_TRANSFORMER)
+    return dict(FAMILIES[family(scaled_down)][0])
 
 
 def vae_config(scaled_down: bool) -> dict:
-    return dict(TINY_VAE if scaled_down else REAL_VAE)
+    return dict(FAMILIES[family(scaled_down)][1])
 
 
 def meta_transformer(config: dict | None = None) -> torch.nn.Module:
@@ -160,54 +145,10 @@ def _params(n: int) -> str:
     return f"{n / 1e9:.2f} B" if n >= 1e8 else f"{n / 1e6:.2f} M"
 
 
-@torch.no_grad()
-def random_init_(module: torch.nn.Module, seed: int) -> None:
-    """Weights ~ N(0, 1/fan_in) (a layer keeps its input's scale), biases 0, norm weights 1.
-
-    Drawn directly on the module's device, so 13 B parameters take seconds and never touch the CPU.
-    """
-    device = next(module.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    for name, param in module.named_parameters():
-        if param.ndim == 1:
-            param.fill_(0.0 if name.endswith("bias") else 1.0)
-        else:
-            param.normal_(0.0, 1.0 / math.sqrt(param[0].numel()), generator=gen)
-
-
-def build_on(cls, config: dict, device: torch.device, dtype: torch.dtype, seed: int) -> torch.nn.Module:
-    """``cls(**config)`` built on the meta device, materialized on ``device`` in ``dtype``, randomly initialized."""
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # parameters are created in ``dtype``: no cast, no fp32 copy anywhere
-    try:
-        with torch.device("meta"):
-            module = cls(**config)
-    finally:
-        torch.set_default_dtype(default)
-    module = module.to_empty(device=device)
-    random_init_(module, seed)
-    return module.eval().requires_grad_(False)
-
-
-def build_pipeline(scaled_down: bool, device: torch.device, dtype: torch.dtype, seed: int = 0):
-    """HunyuanVideoPipeline over the random-weight transformer and VAE, with no text encoders or tokenizers:
-    it is only ever called with precomputed embeddings."""
-    from diffusers import (
-        AutoencoderKLHunyuanVideo,
-        FlowMatchEulerDiscreteScheduler,
-        HunyuanVideoPipeline,
-        HunyuanVideoTransformer3DModel,
-    )
-
-    transformer = build_on(HunyuanVideoTransformer3DModel, transformer_config(scaled_down), device, dtype, seed)
-    vae = build_on(AutoencoderKLHunyuanVideo, vae_config(scaled_down), device, dtype, seed + 1)
-    vae.enable_tiling()
-    pipe = HunyuanVideoPipeline(
-        text_encoder=None, tokenizer=None, transformer=transformer, vae=vae,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=SCHEDULER_SHIFT), text_encoder_2=None, tokenizer_2=None,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def build_pipeline(scaled_down: bool, device: torch.device):
+    """HunyuanVideoPipeline over the random-weight transformer and VAE (the package's ``random_weights`` kind), with
+    no text encoders or tokenizers: it is only ever called with precomputed embeddings."""
+    return load_model(random_weights(family(scaled_down)), device=device).pipeline
 
 
 def text_inputs(config: dict, tokens: int, valid: int, device: torch.device, dtype: torch.dtype, seed: int = 0) -> dict:
@@ -242,7 +183,7 @@ def video_tokens(size: Sequence[int], config: dict) -> int:
 
 
 def schedule(steps: int, mode: str, interval: int) -> list[bool]:
-    """Which of ``steps`` steps the cache computes fully (the hooks' own rule: FeatureCacheConfig.is_full)."""
+    """Which of ``steps`` steps the cache computes fully (the hooks' own rule: ``hyca_batch.cache.schedule``)."""
     return [True] * steps if mode == "none" else schedule_full_steps(steps, interval)
 
 
@@ -402,8 +343,7 @@ def measure(pipe, inputs: dict, size: Sequence[int], mode: str, granularity: str
     """
     transformer = pipe.transformer
     interval = args.intervals[mode] if mode != "none" else 1
-    config = FeatureCacheConfig(mode=mode, interval=interval, taylorseer_order=args.taylorseer_order,
-                                granularity=granularity)
+    config = CacheConfig(mode=mode, interval=interval, taylorseer_order=args.taylorseer_order, granularity=granularity)
     h, w, f = size
     tokens = video_tokens(size, transformer.config)
     row: dict[str, Any] = {"size": [h, w, f], "video_tokens": tokens, "mode": mode,
@@ -656,21 +596,21 @@ def calibrate_map(pipe, args, granularity: str, device: torch.device, dtype: tor
     record each cached feature at ``--probe-tokens`` token positions, cluster and choose solvers."""
     h, w, f = args.calib_size
     interval = args.intervals["hyca"]
-    probe = FeatureCacheConfig(mode="none", granularity=granularity, probe_tokens=args.probe_tokens, probe_seed=0)
-    cache = apply_feature_cache(pipe.transformer, probe)
+    probe = TrajectoryProbe(tokens=args.probe_tokens, seed=0)
+    cache = apply_feature_cache(pipe.transformer, CacheConfig(granularity=granularity), probe=probe)
     t0 = time.perf_counter()
     try:
         cache.reset()
         inputs = text_inputs(pipe.transformer.config, args.text_tokens, args.text_valid, device, dtype, seed=1)
         pipe(**inputs, height=h, width=w, num_frames=f, num_inference_steps=args.calib_steps, guidance_scale=GUIDANCE,
              generator=torch.Generator(device="cpu").manual_seed(1), output_type="latent", return_dict=False)
-        trajectories = cache.trajectories()
+        trajectories = probe.trajectories()
     finally:
         cache.remove()
     probe_s = time.perf_counter() - t0
     if device.type == "cuda":  # the error replay runs where the trajectories are: on the GPU it takes seconds
         trajectories = {k: v.to(device) for k, v in trajectories.items()}
-    weights = step_weights(SimpleNamespace(pipeline=pipe), args.calib_steps)
+    weights = step_weights(pipe.scheduler, args.calib_steps)
     solver_map = calibrate(
         trajectories, num_steps=args.calib_steps, interval=interval, clusters=args.clusters, step_weights=weights,
         metadata={"model": "hunyuanvideo-random" if not args.scaled_down else "tiny-config-random",
@@ -680,7 +620,7 @@ def calibrate_map(pipe, args, granularity: str, device: torch.device, dtype: tor
     del trajectories
     free_memory(device)
     info = {
-        "how": f"project calibration (probe hooks + hyca.calibrate.calibrate, dsigma^2 weights) at {h}x{w}x{f}, "
+        "how": f"project calibration (trajectory probe + cache.calibrate.calibrate, dsigma^2 weights) at {h}x{w}x{f}, "
                f"{args.calib_steps} steps, N={interval}, {args.probe_tokens} probe tokens, {args.clusters} clusters",
         "granularity": granularity,
         "size": [h, w, f], "steps": args.calib_steps, "interval": interval, "probe_tokens": args.probe_tokens,
@@ -694,82 +634,49 @@ def calibrate_map(pipe, args, granularity: str, device: torch.device, dtype: tor
 # -- sequence parallelism -----------------------------------------------------------------------------
 
 
-def _worker(spec_path: str) -> None:
-    """One sequence-parallel rank (started by ``measure_sp``): build, shard, measure, write its rows."""
-    spec = json.loads(Path(spec_path).read_text())
-    args = SimpleNamespace(**spec["args"])
-    args.calib_size = tuple(args.calib_size)
-    rank, world = spec["rank"], spec["world"]
-    from hyca_batch.parallel.config import ParallelConfig
-    from hyca_batch.parallel.groups import destroy_groups, init_groups
-    from hyca_batch.parallel.shard import apply_sequence_parallel
+class SpeedRank(ShardedModelRank):
+    """One sequence-parallel rank of ``measure_sp``: the package's sharded model (loaded, grouped and sharded by
+    ``ShardedModelRank``, as in a replica), measured by this script."""
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device_type == "cuda":
-        device = torch.device("cuda", rank)
-        torch.cuda.set_device(device)
-        if args.cap_bytes is not None:
-            torch.cuda.set_per_process_memory_fraction(
-                min(1.0, args.cap_bytes / torch.cuda.get_device_properties(device).total_memory), device)
-    else:
-        device = torch.device("cpu")
-    dtype = getattr(torch, args.dtype)
-    pipe = build_pipeline(args.scaled_down, device, dtype)
-    weights_bytes = sum(p.numel() * p.element_size() for p in pipe.transformer.parameters())
-    parallel = ParallelConfig(sp=world, attention=args.sp_attention, timeout_s=args.sp_timeout)
-    groups = init_groups(parallel, pipe.transformer.config.num_attention_heads, rank, spec["init_method"], device)
-    sp = apply_sequence_parallel(pipe.transformer, groups, parallel, device)
-    solver_map = SolverMap.load(spec["solver_map"], device=device) if spec["solver_map"] else None
-    inputs = text_inputs(pipe.transformer.config, args.text_tokens, args.text_valid, device, dtype, args.seed)
-    args.full_estimate, args.activation_bytes = {}, {}
-    rows = []
-    try:
+    def measure(self, shared: dict, solver_map_path: str | None) -> list[dict]:
+        args = SimpleNamespace(**shared)
+        args.calib_size = tuple(args.calib_size)
+        device, world = self.model.device, self.groups.world
+        if device.type == "cuda" and args.cap_bytes is not None:
+            total = torch.cuda.get_device_properties(device).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_bytes / total), device)
+        pipe = self.model.pipeline
+        weights_bytes = sum(p.numel() * p.element_size() for p in pipe.transformer.parameters())
+        solver_map = SolverMap.load(solver_map_path, device=device) if solver_map_path else None
+        inputs = text_inputs(pipe.transformer.config, args.text_tokens, args.text_valid, device, self.model.dtype,
+                             args.seed)
+        args.full_estimate, args.activation_bytes = {}, {}
+        rows = []
         for size in args.sizes:
             warm = False
             for mode in args.modes:
                 row = measure(pipe, inputs, size, mode, args.granularity, args, solver_map, device, weights_bytes,
                               warm, sp=world)
-                row.update(ulysses=groups.ulysses, ring=groups.ring, attention=sp.attention_kernel, rank=rank)
+                row.update(ulysses=self.groups.ulysses, ring=self.groups.ring, attention=self.sp.attention_kernel)
                 rows.append(row)
                 warm = warm or row["status"] == "ok"
-                Path(spec["out"]).write_text(json.dumps(rows))
-    finally:
-        destroy_groups()
+        return rows
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def measure_sp(args, world: int, solver_map_path: str | None, workdir: Path) -> list[dict]:
+def measure_sp(args, world: int, solver_map_path: str | None) -> list[dict]:
     """Rows of one sp degree: every rank measures; a pass takes as long as its slowest rank."""
-    init_method = f"tcp://127.0.0.1:{_free_port()}"
     shared = {k: v for k, v in vars(args).items()
               if k not in ("json", "results_md", "full_estimate", "activation_bytes")}
     shared["sizes"] = [list(s) for s in args.sizes]
-    procs, outs = [], []
-    for rank in range(world):
-        out = workdir / f"sp{world}-rank{rank}.json"
-        spec = workdir / f"sp{world}-rank{rank}-spec.json"
-        spec.write_text(json.dumps({"args": shared, "rank": rank, "world": world, "init_method": init_method,
-                                    "solver_map": solver_map_path, "out": str(out)}, default=str))
-        procs.append(subprocess.Popen([sys.executable, __file__, "--_worker", str(spec)]))
-        outs.append(out)
-    deadline = time.monotonic() + args.sp_timeout
-    codes = []
-    for proc in procs:
-        try:
-            codes.append(proc.wait(timeout=max(1.0, deadline - time.monotonic())))
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            codes.append("timeout")
-    per_rank = [json.loads(o.read_text()) if o.exists() else [] for o in outs]
-    if any(c != 0 for c in codes) or not all(per_rank):
-        return [{"sp": world, "status": "failed", "error": f"rank exit codes {codes}"}]
+    parallel = ParallelConfig(sp=world, attention=args.sp_attention, timeout_s=args.sp_timeout)
+    device = "cuda" if args.device_type == "cuda" else "cpu"
+    setup = RankSetup(model=random_weights(family(args.scaled_down)), parallel=parallel, device=device,
+                      threads=args.threads or 1)
+    try:
+        with RankGroup(SpeedRank, setup, world) as group:
+            per_rank = group.call_all("measure", shared, solver_map_path)
+    except RankFailure as exc:
+        return [{"sp": world, "status": "failed", "error": str(exc)}]
     merged = []
     for rank_rows in zip(*per_rank):
         row = dict(rank_rows[0])
@@ -781,7 +688,6 @@ def measure_sp(args, world: int, solver_map_path: str | None, workdir: Path) -> 
             row["status"] = "oom"
         row["peak_memory_bytes"] = max((r["peak_memory_bytes"] or 0) for r in rank_rows) or None
         row["attention_calls_in_skipped_passes"] = sum(r.get("attention_calls_in_skipped_passes") or 0 for r in rank_rows)
-        row.pop("rank", None)
         merged.append(row)
     return merged
 
@@ -952,9 +858,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--_worker":
-        _worker(sys.argv[2])
-        return {}
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -989,7 +892,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"{args.dtype}, sizes {', '.join('x'.join(map(str, s)) for s in args.sizes)}, {args.steps} steps", flush=True)
 
     t0 = time.perf_counter()
-    pipe = build_pipeline(args.scaled_down, device, dtype, args.seed)
+    pipe = build_pipeline(args.scaled_down, device)
     sync(device)
     result["build_s"] = time.perf_counter() - t0
     weights_bytes = sum(p.numel() * p.element_size() for p in pipe.transformer.parameters())
@@ -1072,16 +975,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
         available = torch.cuda.device_count() if device.type == "cuda" else max(args.sp)
         del pipe, inputs
         free_memory(device)
-        with tempfile.TemporaryDirectory(prefix="gpu-speed-sp-") as tmp:
-            for world in args.sp:
-                if world > available:
-                    result["sp"].append({"sp": world, "status": "skipped", "error": f"{available} GPU(s) available"})
-                    continue
-                if not budget(f"sp {world}", 0.0):
-                    continue
-                print(f"  sp {world}: starting {world} rank(s)", flush=True)
-                result["sp"] += measure_sp(args, world, map_path, Path(tmp))
-                write_json(args.json, result)
+        for world in args.sp:
+            if world > available:
+                result["sp"].append({"sp": world, "status": "skipped", "error": f"{available} GPU(s) available"})
+                continue
+            if not budget(f"sp {world}", 0.0):
+                continue
+            print(f"  sp {world}: starting {world} rank(s)", flush=True)
+            result["sp"] += measure_sp(args, world, map_path)
+            write_json(args.json, result)
         base = {(tuple(r["size"]), r["mode"]): r for r in result["sp"] if r.get("sp") == 1 and r.get("status") == "ok"}
         for r in result["sp"]:
             b = base.get((tuple(r.get("size", ())), r.get("mode")))

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/sp_scaling.py [--sp 1 2] [--model mini] [--height 128 --width 128 --frames 17]
         [--ulysses U] [--cache none|hyca|...] [--json out.json]
 
-Each N runs the same request through a real rank group (``hyca_batch.parallel``: one process per rank,
+Each N runs the same request through a real rank group (``hyca_batch.runtime``: one process per rank,
 gloo on CPU, NCCL on GPU) with communication tracing on, and reports the mean full transformer pass,
 its speedup over N=1, and the share of the pass spent blocked in communication (all-to-all, ring
 exchange). On CPU the ranks get ``--threads`` each, so N=2 uses twice the cores of N=1; on a GPU
@@ -21,28 +21,30 @@ from pathlib import Path
 
 import torch
 
-from hyca_batch.hyca import FeatureCacheConfig
-from hyca_batch.manifest import Request
-from hyca_batch.models import resolve_model
-from hyca_batch.parallel import ParallelConfig, RankGroup, RankSetup
+from hyca_batch.config import CacheConfig, CalibrationConfig, ParallelConfig
+from hyca_batch.models import load_model, resolve_model
+from hyca_batch.pipeline.calibration import calibrate_model
+from hyca_batch.runtime import RankBackend, RankSetup
+from hyca_batch.types import Request
 
 
 def measure(args: argparse.Namespace, sp: int, request: Request, solver_map=None) -> dict:
     parallel = ParallelConfig(sp=sp, ulysses=min(args.ulysses, sp) if args.ulysses else None, attention=args.attention)
-    cache = FeatureCacheConfig(mode=args.cache, interval=args.interval)
+    cache = CacheConfig(mode=args.cache, interval=args.interval)
     setup = RankSetup(model=resolve_model(args.model), parallel=parallel, cache=cache, solver_map=solver_map,
                       device=args.device, threads=args.threads, trace=True)
-    with RankGroup(setup) as group:
-        group.generate(request)  # warm-up: first-call allocations, kernel selection
+    with RankBackend(setup) as backend:
+        backend.generate(request)  # warm-up: first-call allocations, kernel selection
         passes_s, comm_s, full = [], [], 0
         for _ in range(args.repeats):
-            group.generate(request)
+            backend.generate(request)
+            traces = backend.traces
             # The slowest rank sets the pace; its communication share is what it waited.
-            slowest = max(group.traces, key=lambda t: t["pass_s_full"])
+            slowest = max(traces, key=lambda t: t["pass_s_full"])
             full = slowest["full_passes"]
             passes_s.append(slowest["pass_s_full"] / full)
             comm_s.append(slowest["comm_s_full"] / full)
-        info, traces = group.info, group.traces
+        info = backend.info
     step = min(passes_s)  # the least disturbed repeat
     comm = comm_s[passes_s.index(step)]
     return {
@@ -84,19 +86,16 @@ def main() -> None:
         most = gpus if gpus else max(2, (os.cpu_count() or 2) // args.threads)
         args.sp = [n for n in (1, 2, 4, 8) if n <= max(2, most)]
     spec = resolve_model(args.model)
-    request = Request(id="bench", prompt="a red circle moving left on a blue background", seed=0,
-                      height=args.height, width=args.width, num_frames=args.frames,
-                      num_inference_steps=args.steps, guidance_scale=spec.defaults.guidance_scale, fps=8)
+    size = spec.defaults.merged(height=args.height, width=args.width, num_frames=args.frames,
+                                num_inference_steps=args.steps)
+    request = Request.with_defaults(size, id="bench", prompt="a red circle moving left on a blue background", seed=0)
     print(f"{spec.name} at {args.width}x{args.height}x{args.frames}, {args.steps} steps, cache {args.cache}, "
           f"{'%d GPUs' % gpus if gpus else 'CPU, %d thread(s) per rank' % args.threads}")
     solver_map = None
+    cache = CacheConfig(mode=args.cache, interval=args.interval)
     if args.cache == "hyca":  # one map for every N (calibration under SP gives the same one)
-        from hyca_batch.hyca.probe import CalibrationConfig, calibrate_model
-        from hyca_batch.models import load_model
-
         torch.set_num_threads(args.threads)
-        solver_map = calibrate_model(load_model(spec, device=args.device), [request],
-                                     CalibrationConfig(interval=args.interval))
+        solver_map = calibrate_model(load_model(spec, device=args.device), [request], cache, CalibrationConfig())
     rows = []
     for sp in args.sp:
         rows.append(measure(args, sp, request, solver_map))

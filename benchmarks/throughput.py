@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import ray
 
 from hyca_batch.config import JobConfig
-from hyca_batch.runner import run_job
+from hyca_batch.job import run_job
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
         pq.write_table(pa.table({"prompt": [f"a red circle moving left, take {i}" for i in range(args.videos)]}), manifest)
         for replicas in sorted({1, args.replicas}):
             summary = run_job(
-                JobConfig(
+                JobConfig.from_options(
                     manifests=[str(manifest)],
                     out=str(Path(tmp) / f"r{replicas}"),
                     model=args.model,

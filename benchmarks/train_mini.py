@@ -44,7 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hyca_batch.models import synthetic as S  # noqa: E402
+from hyca_batch.training import synthetic as S  # noqa: E402
 from hyca_batch.models.metadata import write_model_metadata  # noqa: E402
 from hyca_batch.models.mini import (  # noqa: E402
     MINI_DEFAULTS,

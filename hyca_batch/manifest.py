@@ -12,7 +12,6 @@ Rows are numbered from 0 within their file, as pyarrow and pandas number them.
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import functools
 import glob
@@ -22,40 +21,22 @@ import math
 import os
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pyarrow.types as pat
 
-from hyca_batch.config import GenerationDefaults
-from hyca_batch.storage import StorageError
+from hyca_batch.records import RESERVED_FIELDS
+from hyca_batch.storage import StorageError, open_storage
+from hyca_batch.types import GENERATION_FIELDS, REQUEST_SCHEMA, GenerationDefaults, Request
 
-#: Fields a manifest row may set; everything else is carried into the record unchanged.
-GENERATION_FIELDS = tuple(f.name for f in dataclasses.fields(GenerationDefaults))
+#: Columns a manifest row may set; every other column is carried into the record unchanged.
 KNOWN_COLUMNS = ("prompt", "id", "seed", *GENERATION_FIELDS)
-
-#: The resolved, validated form of a row, as it travels to the replicas.
-REQUEST_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("prompt", pa.string(), nullable=False),
-        pa.field("seed", pa.int64(), nullable=False),
-        pa.field("height", pa.int64(), nullable=False),
-        pa.field("width", pa.int64(), nullable=False),
-        pa.field("num_frames", pa.int64(), nullable=False),
-        pa.field("num_inference_steps", pa.int64(), nullable=False),
-        pa.field("guidance_scale", pa.float64(), nullable=False),
-        pa.field("fps", pa.int64(), nullable=False),
-        pa.field("source_file", pa.string(), nullable=False),
-        pa.field("source_row", pa.int64(), nullable=False),
-    ]
-)
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_SEED = 2**63 - 1
-_INT_FIELDS = ("seed", "num_frames", "height", "width", "num_inference_steps", "fps")
 
 
 class ManifestError(ValueError):
@@ -96,37 +77,8 @@ class Manifest:
         return self.requests.num_rows + len(self.rejected) + self.merged_duplicates
 
 
-@dataclass(frozen=True)
-class Request:
-    """One video to generate: everything that determines its frames, plus where it came from."""
-
-    id: str
-    prompt: str
-    seed: int
-    height: int
-    width: int
-    num_frames: int
-    num_inference_steps: int
-    guidance_scale: float
-    fps: int
-    source_file: str = ""
-    source_row: int = -1
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "Request":
-        known = {f.name for f in REQUEST_SCHEMA}
-        return cls(**{k: row[k] for k in known}, extra={k: v for k, v in row.items() if k not in known})
-
-    def generation_params(self) -> dict[str, Any]:
-        """Everything that determines the frames."""
-        return {name: getattr(self, name) for name in ("prompt", "seed", *GENERATION_FIELDS)}
-
-
 @functools.lru_cache(maxsize=16)
 def _s3_root(bucket: str, endpoint_url: str | None):
-    from hyca_batch.storage import open_storage
-
     return open_storage(f"s3://{bucket}", s3_endpoint_url=endpoint_url)  # checks the bucket, once
 
 
@@ -270,8 +222,6 @@ def _check_columns(path: str, schema: pa.Schema) -> list[str]:
             ok = pat.is_integer(typ) or pat.is_floating(typ) or pat.is_null(typ)
         if not ok:
             problems.append(f"{path}: field '{name}': column type {typ} cannot hold it")
-    from hyca_batch.records import RESERVED_FIELDS  # the record owns these names
-
     for name in schema.names:
         if name in RESERVED_FIELDS and name not in KNOWN_COLUMNS:
             problems.append(f"{path}: field '{name}': the name is reserved for the video record; rename the column")

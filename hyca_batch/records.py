@@ -20,21 +20,17 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from hyca_batch.storage import AlreadyExists, Storage
+from hyca_batch.storage.layout import ERRORS, RECORDS, SNAPSHOT_KEY, error_ids, error_key, record_ids, record_key
+from hyca_batch.types import GENERATION_FIELDS, REQUEST_SCHEMA
 
 RECORD_VERSION = "1"
 
 RECORD_SCHEMA = pa.schema(
     [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("prompt", pa.string()),
-        pa.field("seed", pa.int64()),
+        REQUEST_SCHEMA.field("id"),
+        *(REQUEST_SCHEMA.field(name).with_nullable(True) for name in ("prompt", "seed")),
         pa.field("model", pa.string()),
-        pa.field("height", pa.int64()),
-        pa.field("width", pa.int64()),
-        pa.field("num_frames", pa.int64()),
-        pa.field("num_inference_steps", pa.int64()),
-        pa.field("guidance_scale", pa.float64()),
-        pa.field("fps", pa.int64()),
+        *(REQUEST_SCHEMA.field(name).with_nullable(True) for name in GENERATION_FIELDS),
         pa.field("cache_mode", pa.string()),
         pa.field("cache_interval", pa.int64()),
         pa.field("solver_map_id", pa.string()),
@@ -63,8 +59,7 @@ RECORD_SCHEMA = pa.schema(
         pa.field("sha256", pa.string()),
         pa.field("started_at", pa.timestamp("us", tz="UTC")),
         pa.field("finished_at", pa.timestamp("us", tz="UTC")),
-        pa.field("source_file", pa.string()),
-        pa.field("source_row", pa.int64()),
+        *(REQUEST_SCHEMA.field(name).with_nullable(True) for name in ("source_file", "source_row")),
         pa.field("run_id", pa.string()),
     ],
     metadata={"hyca_batch.record_version": RECORD_VERSION},
@@ -77,31 +72,6 @@ OPTIONAL_FIELDS = frozenset(
 
 #: Names a manifest's extra columns may not use, since the record already means something by them.
 RESERVED_FIELDS = frozenset(RECORD_SCHEMA.names) | {"error", "error_type", "field", "traceback", "history"}
-
-
-#: All records in one file, rewritten at the end of each run (a cache: ``records/`` is the truth).
-SNAPSHOT_KEY = "records.parquet"
-
-
-def video_key(video_id: str) -> str:
-    return f"videos/{video_id}.mp4"
-
-
-def record_key(video_id: str) -> str:
-    return f"records/{video_id}.parquet"
-
-
-def error_key(video_id: str) -> str:
-    return f"errors/{video_id}.json"
-
-
-def run_key(run_id: str) -> str:
-    """One job invocation's document: its configuration, reservation, timing and counts."""
-    return f"runs/{run_id}.json"
-
-
-def replica_key(run_id: str, replica: str) -> str:
-    return f"runs/{run_id}/replica-{replica}.json"
 
 
 def utcnow() -> dt.datetime:
@@ -150,11 +120,11 @@ def read_error(storage: Storage, video_id: str) -> dict[str, Any] | None:
 
 def committed_ids(storage: Storage) -> set[str]:
     """Ids with a record: one listing, not a request per video."""
-    return {k[len("records/") : -len(".parquet")] for k in storage.list("records/") if k.endswith(".parquet")}
+    return set(record_ids(storage.list(RECORDS)))
 
 
 def failed_ids(storage: Storage) -> set[str]:
-    return {k[len("errors/") : -len(".json")] for k in storage.list("errors/") if k.endswith(".json")}
+    return set(error_ids(storage.list(ERRORS)))
 
 
 def read_records(storage: Storage) -> pa.Table:
@@ -165,12 +135,13 @@ def read_records(storage: Storage) -> pa.Table:
     thousand. Records are never rewritten, so a snapshot row is always right; only ids that the snapshot
     does not have yet are read one file each.
     """
-    keys = [k for k in storage.list("records/") if k.endswith(".parquet")]
+    listed = storage.list(RECORDS)
+    keys = [record_key(i) for i in record_ids(listed)]
     if not keys:
         return RECORD_SCHEMA.empty_table()
     fs, base = storage.arrow_filesystem()
     base = base.rstrip("/")
-    ids = pa.array([k[len("records/") : -len(".parquet")] for k in keys], type=pa.string())
+    ids = pa.array(record_ids(listed), type=pa.string())
     tables: list[pa.Table] = []
     if storage.exists(SNAPSHOT_KEY):
         snapshot = pq.read_table(f"{base}/{SNAPSHOT_KEY}", filesystem=fs)

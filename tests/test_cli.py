@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hyca_batch.encode import decode_mp4
+from hyca_batch.pipeline.encode import decode_mp4
 
 CLI = [sys.executable, "-m", "hyca_batch.cli"]
 
@@ -58,7 +58,7 @@ def test_demo_end_to_end(ray_session, tmp_path):
     assert (tmp_path / "demo" / "report" / "report.html").stat().st_size > 10_000
     # The demo runs the trained mini model: its videos show what their prompts say (the mp4s decoded back,
     # so this also covers the encoder). One of the four may miss (the learned-model test has the numbers).
-    from hyca_batch.models import synthetic as S
+    from hyca_batch.training import synthetic as S
     from hyca_batch.records import read_records
     from hyca_batch.storage import open_storage
 

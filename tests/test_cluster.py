@@ -311,7 +311,7 @@ def _entrypoint(manifests) -> tuple[Path, list[str]]:
 
 def _parse_job(script: Path, args: list[str], monkeypatch) -> tuple[int, Any]:
     """Run the entrypoint script as `python script args...` with the job itself replaced: (exit code, JobConfig)."""
-    import hyca_batch.cli as cli
+    import hyca_batch.cli.commands as cli
 
     seen = []
     monkeypatch.setattr(cli, "_run", lambda config, *args, **kwargs: seen.append(config))
@@ -334,7 +334,7 @@ def job_config(manifests):
 def test_rayjob_entrypoint_parses_into_a_job_config(job_config):
     assert job_config.model == "hunyuanvideo"
     assert job_config.manifests[0].startswith("s3://") and job_config.out.startswith("s3://")
-    assert job_config.sp > 1 and job_config.replicas >= 1
+    assert job_config.parallel.sp > 1 and job_config.resources.replicas >= 1
 
 
 def test_a_misspelled_entrypoint_option_fails(manifests, monkeypatch, capsys):
@@ -345,7 +345,7 @@ def test_a_misspelled_entrypoint_option_fails(manifests, monkeypatch, capsys):
 
 
 def test_gpus_per_worker_are_a_multiple_of_sp(manifests, job_config):
-    sp, replicas = job_config.sp, job_config.replicas
+    sp, replicas = job_config.parallel.sp, job_config.resources.replicas
     for group in _workers(manifests["RayCluster"]):
         (container,) = group["template"]["spec"]["containers"]
         limits, requests = container["resources"]["limits"], container["resources"].get("requests", {})

@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from hyca_batch.encode import DecodedVideo, decode_mp4, encode_mp4
+from hyca_batch.pipeline.encode import DecodedVideo, decode_mp4, encode_mp4
 
 
 def gradient_video(frames: int, height: int, width: int) -> np.ndarray:

@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from hyca_batch.generate import VideoGenerator
-from hyca_batch.manifest import Request
+from hyca_batch.pipeline.generate import VideoGenerator
+from hyca_batch.types import Request
 from hyca_batch.models import load_model
 from hyca_batch.models.tiny import save_tiny_pipeline
 

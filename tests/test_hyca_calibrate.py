@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from hyca_batch.hyca.calibrate import (
+from hyca_batch.cache.calibrate import (
     DESCRIPTORS,
     calibrate,
     channel_descriptors,
@@ -16,8 +16,8 @@ from hyca_batch.hyca.calibrate import (
     kmeans,
     schedule_full_steps,
 )
-from hyca_batch.hyca.solver_map import SolverMap
-from hyca_batch.hyca.solvers import SOLVERS, max_points
+from hyca_batch.cache.solver_map import SolverMap
+from hyca_batch.cache.solvers import SOLVERS, max_points
 
 T, K, D = 30, 6, 24
 INTERVAL = 3

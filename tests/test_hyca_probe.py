@@ -9,15 +9,18 @@ import sys
 import pytest
 import torch
 
-from hyca_batch.hyca import SolverMap
-from hyca_batch.hyca.calibrate import forecast_errors, schedule_full_steps
-from hyca_batch.hyca.probe import CalibrationConfig, calibrate_model, record_trajectories, step_weights
-from hyca_batch.hyca.solvers import SOLVERS
-from hyca_batch.manifest import Request
+from hyca_batch.cache import SolverMap
+from hyca_batch.cache.calibrate import forecast_errors
+from hyca_batch.cache.schedule import schedule_full_steps
+from hyca_batch.config import CacheConfig, CalibrationConfig
+from hyca_batch.pipeline.calibration import calibrate_model, record_trajectories, step_weights
+from hyca_batch.cache.solvers import SOLVERS
+from hyca_batch.types import Request
 from hyca_batch.models import load_model
 
 STEPS, INTERVAL = 16, 4
-CONFIG = CalibrationConfig(interval=INTERVAL, clusters=4, probe_tokens=64)
+CACHE = CacheConfig(mode="hyca", interval=INTERVAL)
+CONFIG = CalibrationConfig(clusters=4, probe_tokens=64)
 
 
 def request(prompt: str, seed: int) -> Request:
@@ -32,11 +35,11 @@ def model():
 
 @pytest.fixture(scope="module")
 def smap(model):
-    return calibrate_model(model, [request("a red circle moving left on a blue background", 0)], CONFIG)
+    return calibrate_model(model, [request("a red circle moving left on a blue background", 0)], CACHE, CONFIG)
 
 
 def test_calibration_is_deterministic_and_covers_every_cached_module(model, smap):
-    again = calibrate_model(model, [request("a red circle moving left on a blue background", 0)], CONFIG)
+    again = calibrate_model(model, [request("a red circle moving left on a blue background", 0)], CACHE, CONFIG)
     assert again.id == smap.id
     assert all(torch.equal(smap.channel_cluster[k], again.channel_cluster[k]) for k in smap.channel_cluster)
     transformer = model.pipeline.transformer
@@ -59,7 +62,7 @@ def test_hyca_forecasts_a_held_out_prompt_no_worse_than_any_uniform_solver(model
     """The calibration objective, measured on a prompt the map never saw."""
     held_out = record_trajectories(model, [request("a green square moving up on a black background", 5)], CONFIG)
     full = schedule_full_steps(STEPS, INTERVAL)
-    weights = step_weights(model, STEPS)
+    weights = step_weights(model.pipeline.scheduler, STEPS)
     mixed, uniform = 0.0, torch.zeros(len(SOLVERS), dtype=torch.float64)
     for name, traj in held_out.items():
         errors = forecast_errors(traj, full, step_weights=weights) / traj.double().square().mean()
@@ -83,12 +86,12 @@ def test_calibrate_command_writes_a_loadable_map(tmp_path):
 
 def test_a_map_for_another_granularity_is_refused_before_any_video(ray_session, smap, tmp_path, write_manifest):
     from hyca_batch.config import JobConfig
-    from hyca_batch.runner import JobError, run_job
+    from hyca_batch.job import JobError, run_job
 
     path = tmp_path / "map.safetensors"
     smap.save(path)
     manifest = write_manifest(prompt=["a red circle"])
-    config = JobConfig(manifests=[manifest], out=str(tmp_path / "out"), cache="hyca", solver_map=str(path),
+    config = JobConfig.from_options(manifests=[manifest], out=str(tmp_path / "out"), cache="hyca", solver_map=str(path),
                        granularity="stack", interval=INTERVAL, num_inference_steps=STEPS, progress=False)
     with pytest.raises(JobError, match="no entry for module 'stack.img'"):
         run_job(config)

@@ -7,10 +7,11 @@ import dataclasses
 import pytest
 import torch
 
-from hyca_batch.generate import VideoGenerator
-from hyca_batch.hyca import CACHE_MODES, FeatureCacheConfig, SolverMap, apply_feature_cache, cached_modules
-from hyca_batch.hyca.solvers import SOLVERS
-from hyca_batch.manifest import Request
+from hyca_batch.pipeline.generate import VideoGenerator
+from hyca_batch.cache import SolverMap, apply_feature_cache, cached_modules
+from hyca_batch.config import CACHE_MODES, CacheConfig
+from hyca_batch.cache.solvers import SOLVERS
+from hyca_batch.types import Request
 from hyca_batch.models import load_model
 
 REQUEST = Request(id="c", prompt="a red circle moving left on a blue background", seed=3, height=64, width=64,
@@ -32,7 +33,7 @@ def mixed_map(transformer) -> SolverMap:
     return smap
 
 
-def generate(model, config: FeatureCacheConfig | None, request=REQUEST, solver_map=None):
+def generate(model, config: CacheConfig | None, request=REQUEST, solver_map=None):
     gen = VideoGenerator(model, cache=config, solver_map=solver_map)
     try:
         return gen(request)
@@ -51,7 +52,7 @@ def test_interval_one_is_identical_to_no_cache(model, uncached, mode, granularit
     smap = mixed_map(model.pipeline.transformer) if mode == "hyca" else None
     if mode == "hyca" and granularity == "stack":
         smap = SolverMap.uniform("taylor2", cached_modules(model.pipeline.transformer, "stack"))
-    result = generate(model, FeatureCacheConfig(mode=mode, interval=1, granularity=granularity), solver_map=smap)
+    result = generate(model, CacheConfig(mode=mode, interval=1, granularity=granularity), solver_map=smap)
     assert torch.equal(result.latents, uncached.latents)
     assert result.transformer_passes_skipped == 0 and result.transformer_passes_full == REQUEST.num_inference_steps
 
@@ -71,7 +72,7 @@ def test_a_skipped_step_calls_none_of_the_cached_modules(model, granularity):
         watched += [block.attn, block.proj_mlp, block.proj_out]
     handles = [m.register_forward_pre_hook(count) for m in watched]
     try:
-        result = generate(model, FeatureCacheConfig(mode="taylorseer", interval=4, granularity=granularity))
+        result = generate(model, CacheConfig(mode="taylorseer", interval=4, granularity=granularity))
     finally:
         for h in handles:
             h.remove()
@@ -84,7 +85,7 @@ def test_forecasts_change_the_output_and_the_modes_differ(model, uncached):
     smap = mixed_map(model.pipeline.transformer)
     latents = {}
     for mode in ("fora", "taylorseer", "foca", "hyca"):
-        result = generate(model, FeatureCacheConfig(mode=mode, interval=3), solver_map=smap if mode == "hyca" else None)
+        result = generate(model, CacheConfig(mode=mode, interval=3), solver_map=smap if mode == "hyca" else None)
         assert not torch.equal(result.latents, uncached.latents)
         assert torch.isfinite(result.latents).all()
         latents[mode] = result.latents
@@ -92,7 +93,7 @@ def test_forecasts_change_the_output_and_the_modes_differ(model, uncached):
 
 
 def test_state_resets_between_videos(model):
-    gen = VideoGenerator(model, cache=FeatureCacheConfig(mode="taylorseer", interval=3))
+    gen = VideoGenerator(model, cache=CacheConfig(mode="taylorseer", interval=3))
     try:
         first = gen(REQUEST)
         gen(dataclasses.replace(REQUEST, prompt="a green square moving up", seed=9))
@@ -119,7 +120,7 @@ def test_cond_and_uncond_contexts_keep_separate_histories(model):
                                return_dict=False)[0]
 
     timesteps = [1000.0 - 80.0 * i for i in range(10)]
-    config = FeatureCacheConfig(mode="taylorseer", interval=3)
+    config = CacheConfig(mode="taylorseer", interval=3)
     cache = apply_feature_cache(transformer, config)
     try:
         with torch.inference_mode():
@@ -137,14 +138,14 @@ def test_cond_and_uncond_contexts_keep_separate_histories(model):
 
 def test_hyca_without_a_map_or_with_a_foreign_map_is_a_clear_error(model):
     with pytest.raises(ValueError, match="solver map"):
-        generate(model, FeatureCacheConfig(mode="hyca", interval=3))
+        generate(model, CacheConfig(mode="hyca", interval=3))
     foreign = SolverMap.uniform("reuse", {"double.0.attn": 7})
     with pytest.raises(ValueError, match="no entry for module|channels"):
-        generate(model, FeatureCacheConfig(mode="hyca", interval=3), solver_map=foreign)
+        generate(model, CacheConfig(mode="hyca", interval=3), solver_map=foreign)
 
 
 def test_cache_removal_restores_the_plain_model(model, uncached):
-    generate(model, FeatureCacheConfig(mode="fora", interval=4))
+    generate(model, CacheConfig(mode="fora", interval=4))
     assert getattr(model.pipeline.transformer, "_hyca_cache", None) is None
     plain = model.pipeline(prompt="a red circle moving left on a blue background", height=64, width=64, num_frames=9,
                            num_inference_steps=12, generator=torch.Generator().manual_seed(3), output_type="latent",

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from hyca_batch.hyca.solvers import (
+from hyca_batch.cache.solvers import (
     SOLVERS,
     coefficient_table,
     get_solver,

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hyca_batch.config import GenerationDefaults
+from hyca_batch.types import GenerationDefaults
 from hyca_batch.manifest import ManifestError, default_id, default_seed, expand_inputs, read_manifest
 
 DEFAULTS = GenerationDefaults(height=64, width=64, num_frames=9, num_inference_steps=4, guidance_scale=6.0, fps=8)

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from hyca_batch.generate import VideoGenerator
-from hyca_batch.manifest import Request
-from hyca_batch.models import KIND_DIFFUSERS, load_model, resolve_model
-from hyca_batch.models import synthetic as S
+from hyca_batch.pipeline.generate import VideoGenerator
+from hyca_batch.types import Request
+from hyca_batch.models import KIND_DIFFUSERS, MINI_DEFAULTS, MINI_DIR, load_model, resolve_model
+from hyca_batch.training import synthetic as S
 from hyca_batch.models.metadata import MODEL_METADATA_FILENAME
-from hyca_batch.models.mini import MINI_DEFAULTS, MINI_DIR, latent_preview, latent_target
+from hyca_batch.training.mini import latent_preview, latent_target
 
 # "Most prompts": a held-out prompt passes when BOTH its measured color and its measured motion match.
 # Chance is 1/6 x 1/6 = 1/36 per prompt (six colors, six motions), so with 18 prompts even 5 passes by

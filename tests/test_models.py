@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from hyca_batch.config import GenerationDefaults
 from hyca_batch.models import (
     HUNYUANVIDEO_DEFAULTS,
     HUNYUANVIDEO_HUB_ID,
@@ -26,18 +25,22 @@ from hyca_batch.models import (
     load_model,
     resolve_model,
 )
-from hyca_batch.models._vocab import ENGLISH_WORDS
 from hyca_batch.models.metadata import write_model_metadata
 from hyca_batch.models.tiny import (
-    DEFAULT_TEMPLATE_CROP_START,
-    build_clip_tokenizer,
-    build_llama_tokenizer,
     build_tiny_pipeline,
-    default_template_prefix,
+    load_tiny_tokenizers,
     pipeline_fingerprint,
     save_tiny_pipeline,
     tokenizer_definition,
 )
+from hyca_batch.training.tokenizers import (
+    DEFAULT_TEMPLATE_CROP_START,
+    build_clip_tokenizer,
+    build_llama_tokenizer,
+    default_template_prefix,
+)
+from hyca_batch.training.vocab import ENGLISH_WORDS
+from hyca_batch.types import GenerationDefaults
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,6 +94,14 @@ def hub_offline(monkeypatch):
 
 
 # --- tokenizers -------------------------------------------------------------------------------
+
+
+def test_the_shipped_tokenizers_are_what_the_builders_make():
+    """The tiny preset loads its tokenizers from files; rebuilding them must give the same tokenizers."""
+    llama, clip = load_tiny_tokenizers()
+    assert tokenizer_definition(llama) == tokenizer_definition(build_llama_tokenizer())
+    assert tokenizer_definition(clip) == tokenizer_definition(build_clip_tokenizer())
+    assert clip.model_max_length == build_clip_tokenizer().model_max_length
 
 
 def test_llama_tokenizer_splits_default_template_prefix_into_crop_start_tokens():

@@ -11,15 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from hyca_batch.generate import VideoGenerator
-from hyca_batch.hyca import FeatureCacheConfig
-from hyca_batch.hyca.probe import CalibrationConfig, calibrate_model
-from hyca_batch.manifest import Request
+from faults import fault_env
+from hyca_batch.config import CacheConfig, CalibrationConfig, ParallelConfig
 from hyca_batch.models import load_model, resolve_model
-from hyca_batch.parallel import ParallelConfig, RankFailure, RankGroup, RankSetup
+from hyca_batch.pipeline.calibration import calibrate_model
+from hyca_batch.pipeline.generate import VideoGenerator
+from hyca_batch.runtime import RankBackend, RankFailure, RankSetup
+from hyca_batch.types import Request
 
 SPEC = resolve_model("tiny")
-CALIBRATION = CalibrationConfig(interval=3, clusters=4)
+CACHE = CacheConfig(mode="hyca", interval=3)
+CALIBRATION = CalibrationConfig(clusters=4)
 BLOCKS = 4  # the tiny transformer: 2 double-stream + 2 single-stream blocks
 
 
@@ -43,22 +45,22 @@ def assert_same_video(single, parallel) -> None:
 def single():
     torch.set_num_threads(1)
     model = load_model(SPEC)
-    smap = calibrate_model(model, [request()], CALIBRATION)
+    smap = calibrate_model(model, [request()], CACHE, CALIBRATION)
     return model, smap
 
 
 @pytest.fixture(scope="module")
 def hyca(single):
     _, smap = single
-    return FeatureCacheConfig(mode="hyca", interval=3), smap
+    return CACHE, smap
 
 
 @pytest.fixture(scope="module")
 def two_ranks(hyca):
     cache, smap = hyca
     setup = RankSetup(model=SPEC, parallel=ParallelConfig(sp=2), cache=cache, solver_map=smap, trace=True)
-    with RankGroup(setup) as group:
-        yield group
+    with RankBackend(setup) as backend:
+        yield backend
 
 
 def reference(model, cache, smap, req: Request, uncached: bool):
@@ -94,8 +96,8 @@ def test_a_skipped_step_makes_no_collective(two_ranks):
 
 def test_calibration_on_two_ranks_gives_the_single_rank_map(single):
     _, smap = single
-    with RankGroup(RankSetup(model=SPEC, parallel=ParallelConfig(sp=2))) as group:
-        parallel_map = group.calibrate([request()], CALIBRATION)
+    with RankBackend(RankSetup(model=SPEC, parallel=ParallelConfig(sp=2))) as backend:
+        parallel_map = backend.calibrate([request()], CACHE, CALIBRATION)
     assert parallel_map.cluster_solver.tolist() == smap.cluster_solver.tolist()
     for name, clusters in smap.channel_cluster.items():
         assert torch.equal(parallel_map.channel_cluster[name], clusters), name
@@ -107,24 +109,26 @@ def test_usp_with_ring_and_padding_on_four_ranks(single, hyca):
     cache, smap = hyca
     req = request(height=48)  # 3 x 3 x 3 = 27 video tokens: 7 per rank, the last one padded
     setup = RankSetup(model=SPEC, parallel=ParallelConfig(sp=4, ulysses=2), cache=cache, solver_map=smap)
-    with RankGroup(setup) as group:
-        assert (group.info["ulysses"], group.info["ring"]) == (2, 2)
+    with RankBackend(setup) as backend:
+        assert (backend.info["ulysses"], backend.info["ring"]) == (2, 2)
         for uncached in (True, False):
-            assert_same_video(reference(model, cache, smap, req, uncached), group.generate(req, uncached))
+            assert_same_video(reference(model, cache, smap, req, uncached), backend.generate(req, uncached))
 
 
 def test_a_killed_rank_fails_the_video_and_the_group_restarts(hyca, tmp_path, monkeypatch):
     cache, smap = hyca
     arm = tmp_path / "armed"
-    monkeypatch.setenv("HYCA_SP_FAULT", f"1:3:{arm}")
-    with RankGroup(RankSetup(model=SPEC, parallel=ParallelConfig(sp=2, timeout_s=60), cache=cache,
-                             solver_map=smap)) as group:
+    for name, value in fault_env(arm).items():
+        monkeypatch.setenv(name, value)
+    with RankBackend(RankSetup(model=SPEC, parallel=ParallelConfig(sp=2, timeout_s=60), cache=cache,
+                               solver_map=smap)) as backend:
+        group = backend.group
         first = list(group.procs)
         arm.touch()
         with pytest.raises(RankFailure, match="rank 1"):
-            group.generate(request())
+            backend.generate(request())
         assert not group.running and all(p.poll() is not None for p in first)  # torn down, nothing left over
-        result = group.generate(request())  # the retry starts a new group
+        result = backend.generate(request())  # the retry starts a new group
         assert result.frames.shape[0] == SPEC.defaults.num_frames
         assert not arm.exists()
 

@@ -1,6 +1,6 @@
 """``--sp 2`` through the whole job on an embedded Ray with two stand-in GPUs: same videos, and a dead rank retried.
 
-The Ray session here gives the rank processes a fault switch (``HYCA_SP_FAULT``): rank 1 SIGKILLs itself
+The Ray session here gives the rank processes a fault switch (``tests/faults.py``): rank 1 SIGKILLs itself
 at its third transformer pass, once, when the test arms it by creating a file.
 """
 
@@ -11,16 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from hyca_batch.config import JobConfig
-from hyca_batch.encode import decode_mp4, encode_mp4
-from hyca_batch.fidelity import psnr
-from hyca_batch.generate import VideoGenerator
-from hyca_batch.hyca import FeatureCacheConfig, SolverMap
-from hyca_batch.manifest import Request
+from faults import fault_env
+from hyca_batch.cache import SolverMap
+from hyca_batch.config import CacheConfig, JobConfig
+from hyca_batch.job import JobError, run_job
 from hyca_batch.models import load_model
+from hyca_batch.pipeline.encode import decode_mp4, encode_mp4
+from hyca_batch.pipeline.fidelity import psnr
+from hyca_batch.pipeline.generate import VideoGenerator
 from hyca_batch.records import read_error, read_records
-from hyca_batch.runner import JobError, run_job
 from hyca_batch.storage import open_storage
+from hyca_batch.types import Request
 
 PROMPTS = ["a red circle moving left on a blue background", "a green square growing on a white background"]
 
@@ -41,14 +42,14 @@ def ray_gpus(arm_file):
         object_store_memory=96 * 1024 * 1024,
         include_dashboard=False,
         logging_level=logging.WARNING,
-        runtime_env={"env_vars": {"HYCA_SP_FAULT": f"1:3:{arm_file}"}},
+        runtime_env={"env_vars": fault_env(arm_file)},
     )
     yield ray
     ray.shutdown()
 
 
 def config(manifest: str, out: Path, **kw) -> JobConfig:
-    return JobConfig(manifests=[manifest], out=str(out), model="tiny", progress=False, **kw)
+    return JobConfig.from_options(manifests=[manifest], out=str(out), model="tiny", progress=False, **kw)
 
 
 def test_sp2_gives_the_videos_of_sp1(ray_gpus, write_manifest, tmp_path):
@@ -60,7 +61,7 @@ def test_sp2_gives_the_videos_of_sp1(ray_gpus, write_manifest, tmp_path):
     assert two.done == 2 and two.ok
     smap = SolverMap.load(tmp_path / "sp2" / "solver_map.safetensors")
     assert smap.metadata["model"] == "tiny"
-    generator = VideoGenerator(load_model("tiny", device="cpu"), cache=FeatureCacheConfig(mode="hyca", interval=3),
+    generator = VideoGenerator(load_model("tiny", device="cpu"), cache=CacheConfig(mode="hyca", interval=3),
                                solver_map=smap)
 
     records = read_records(open_storage(str(tmp_path / "sp2"))).to_pylist()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hyca_batch.encode import decode_mp4
+from hyca_batch.pipeline.encode import decode_mp4
 from hyca_batch.records import read_records
 from hyca_batch.storage import open_storage
 

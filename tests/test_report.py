@@ -23,7 +23,7 @@ from hyca_batch.cli import app
 from hyca_batch.config import JobConfig
 from hyca_batch.records import SNAPSHOT_KEY, read_records, write_record
 from hyca_batch.report import CATEGORIES, PriceError, PriceTable, build_report
-from hyca_batch.runner import run_job
+from hyca_batch.job import run_job
 from hyca_batch.storage import open_storage
 
 PRICE = 0.5  # USD per CPU core-hour in these tests, so that the amounts are not all zeros
@@ -41,14 +41,14 @@ def runs(ray_session, tmp_path_factory):
     }), manifest)
     plain = root / "plain"
     (plain / "videos" / "blocked.mp4").mkdir(parents=True)  # its mp4 cannot be written: a real failure
-    summary = run_job(JobConfig(manifests=[str(manifest)], out=str(plain), progress=False, num_inference_steps=3,
+    summary = run_job(JobConfig.from_options(manifests=[str(manifest)], out=str(plain), progress=False, num_inference_steps=3,
                                 max_attempts=1))
     assert (summary.done, summary.failed, summary.rejected) == (1, 1, 1)
 
     manifest = root / "cached.parquet"
     pq.write_table(pa.table({"prompt": ["a blue circle", "a red square"]}), manifest)
     cached = root / "cached"
-    summary = run_job(JobConfig(manifests=[str(manifest)], out=str(cached), progress=False, num_inference_steps=6,
+    summary = run_job(JobConfig.from_options(manifests=[str(manifest)], out=str(cached), progress=False, num_inference_steps=6,
                                 cache="taylorseer", interval=3, baseline_every=2))
     assert summary.done == 2
     return plain, cached

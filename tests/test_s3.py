@@ -7,7 +7,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from hyca_batch.s3 import S3Storage
+from hyca_batch.storage.s3 import S3Storage
 from hyca_batch.storage import AlreadyExists, StorageError, open_storage
 
 
@@ -51,7 +51,7 @@ def test_concurrent_exclusive_puts_have_one_winner(store, race_exclusive_puts):
 
 def test_large_objects_go_up_in_parts_with_the_condition_on_completion(store, monkeypatch):
     monkeypatch.setattr(S3Storage, "multipart_threshold", 1024)
-    monkeypatch.setattr("hyca_batch.s3.PART_SIZE", 5 * 1024 * 1024)  # S3's minimum part size
+    monkeypatch.setattr("hyca_batch.storage.s3.PART_SIZE", 5 * 1024 * 1024)  # S3's minimum part size
     data = bytes(range(256)) * (6 * 1024 * 1024 // 256 + 7)  # two parts
     store.put_bytes("videos/big.mp4", data)
     assert store.read_bytes("videos/big.mp4") == data

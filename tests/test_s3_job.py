@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from hyca_batch.config import JobConfig
-from hyca_batch.encode import decode_mp4
+from hyca_batch.pipeline.encode import decode_mp4
 from hyca_batch.records import read_records
-from hyca_batch.runner import JobError, run_job
+from hyca_batch.job import JobError, run_job
 from hyca_batch.storage import StorageError, open_storage
 
 STEPS = 3
@@ -36,7 +36,7 @@ def put_manifest(s3, bucket: str, key: str, prompts: list[str]) -> str:
 
 
 def config(manifests: list[str], out: str, endpoint: str, **kw) -> JobConfig:
-    return JobConfig(manifests=manifests, out=out, s3_endpoint_url=endpoint, model="tiny", progress=False,
+    return JobConfig.from_options(manifests=manifests, out=out, s3_endpoint_url=endpoint, model="tiny", progress=False,
                      num_inference_steps=STEPS, **kw)
 
 

@@ -10,7 +10,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from hyca_batch import storage as storage_mod
+from hyca_batch.storage import base as storage_mod
 from hyca_batch.storage import AlreadyExists, LocalStorage, StorageError, open_storage
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hyca_batch.models import synthetic as S
+from hyca_batch.training import synthetic as S
 
 
 # --- synthetic data -------------------------------------------------------------------------------
@@ -45,7 +45,7 @@ def test_measurement_reads_drawn_clips_exactly():
 
 
 def test_prompt_words_are_single_llama_tokens():
-    from hyca_batch.models.tiny import build_llama_tokenizer
+    from hyca_batch.training.tokenizers import build_llama_tokenizer
 
     tok = build_llama_tokenizer()
     words = set(" ".join(S.prompts("train") + S.prompts("heldout")).split())

@@ -1,19 +1,20 @@
-"""Model presets: the real HunyuanVideo (hub id or local diffusers directory) and the tiny offline one.
-
-Importing this package is cheap (no diffusers/transformers import), so the job driver can resolve and
-validate models; weights are only touched by ``load_model``.
+"""Models: presets and resolution (``registry``, cheap: no diffusers import), loading (``loading``), and one
+module per way a pipeline is made (``hunyuanvideo`` from a hub id or directory, ``tiny`` from a seed,
+``random_weights`` for real-size benchmarks). Weights are only touched by ``load_model``.
 """
 
 from hyca_batch.models.hunyuanvideo import HUNYUANVIDEO_DEFAULTS, HUNYUANVIDEO_HUB_ID, ModelUnavailableError
+from hyca_batch.models.loading import LoadedModel, load_model, resolve_device
 from hyca_batch.models.metadata import MODEL_METADATA_FILENAME
 from hyca_batch.models.registry import (
     KIND_DIFFUSERS,
+    KIND_RANDOM,
     KIND_TINY,
+    MINI_DEFAULTS,
+    MINI_DIR,
     PRESETS,
-    LoadedModel,
     ModelSpec,
-    default_device,
-    load_model,
+    random_weights,
     resolve_model,
 )
 from hyca_batch.models.tiny import TINY_DEFAULTS
@@ -22,14 +23,18 @@ __all__ = [
     "HUNYUANVIDEO_DEFAULTS",
     "HUNYUANVIDEO_HUB_ID",
     "KIND_DIFFUSERS",
+    "KIND_RANDOM",
     "KIND_TINY",
+    "MINI_DEFAULTS",
+    "MINI_DIR",
     "MODEL_METADATA_FILENAME",
     "PRESETS",
     "TINY_DEFAULTS",
     "LoadedModel",
     "ModelSpec",
     "ModelUnavailableError",
-    "default_device",
     "load_model",
+    "random_weights",
+    "resolve_device",
     "resolve_model",
 ]

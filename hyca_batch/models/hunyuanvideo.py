@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from hyca_batch.config import GenerationDefaults
+from hyca_batch.types import GenerationDefaults
 
 if TYPE_CHECKING:  # diffusers is imported only when a model is really loaded
     import torch
@@ -22,6 +22,21 @@ HUNYUANVIDEO_HUB_ID = "hunyuanvideo-community/HunyuanVideo"
 HUNYUANVIDEO_DEFAULTS = GenerationDefaults(
     height=720, width=1280, num_frames=129, num_inference_steps=50, guidance_scale=6.0, fps=24
 )
+
+
+# hunyuanvideo-community/HunyuanVideo's transformer/config.json and vae/config.json: the real sizes, for building
+# the model with random weights (``random_weights``) where speed and memory, not the pictures, are measured.
+HUNYUANVIDEO_TRANSFORMER: dict[str, Any] = dict(
+    in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128, num_layers=20,
+    num_single_layers=40, num_refiner_layers=2, mlp_ratio=4.0, patch_size=2, patch_size_t=1, qk_norm="rms_norm",
+    guidance_embeds=True, text_embed_dim=4096, pooled_projection_dim=768, rope_theta=256.0, rope_axes_dim=(16, 56, 56),
+)
+HUNYUANVIDEO_VAE: dict[str, Any] = dict(
+    in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+    norm_num_groups=32, scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4,
+    mid_block_add_attention=True,
+)
+HUNYUANVIDEO_SCHEDULER_SHIFT = 7.0
 
 
 class ModelUnavailableError(OSError):

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hyca_batch.config import GenerationDefaults
+from hyca_batch.types import GenerationDefaults
 
 MODEL_METADATA_FILENAME = "hyca_batch.json"
 METADATA_FORMAT_VERSION = 1

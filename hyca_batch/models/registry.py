@@ -1,8 +1,8 @@
 """Model names -> what to load and at which defaults.
 
-Resolution is split from loading so the job driver can validate every manifest row against the
-model's sizes (and fail fast on a bad ``--model``) without importing diffusers or touching weights;
-only replicas call ``load_model``.
+Resolution is split from loading (``loading``) so the job driver can validate every manifest row against
+the model's sizes (and fail fast on a bad ``--model``) without importing diffusers or touching weights;
+only replicas load.
 """
 
 from __future__ import annotations
@@ -10,25 +10,22 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import torch
-
-from hyca_batch.config import GenerationDefaults
-from hyca_batch.models.hunyuanvideo import (
-    HUNYUANVIDEO_DEFAULTS,
-    HUNYUANVIDEO_HUB_ID,
-    load_diffusers_pipeline,
-)
+from hyca_batch.models.hunyuanvideo import HUNYUANVIDEO_DEFAULTS, HUNYUANVIDEO_HUB_ID
 from hyca_batch.models.metadata import read_model_defaults
-from hyca_batch.models.mini import MINI_DEFAULTS, MINI_DIR
-from hyca_batch.models.tiny import TINY_DEFAULTS, build_tiny_pipeline
+from hyca_batch.models.tiny import TINY_DEFAULTS
+from hyca_batch.types import GenerationDefaults
 
-if TYPE_CHECKING:
-    from diffusers import HunyuanVideoPipeline
+KIND_TINY = "tiny"  # built in memory from a seed
+KIND_DIFFUSERS = "diffusers"  # from_pretrained: a hub id or a local directory
+KIND_RANDOM = "random"  # a family's real configuration with random weights and no text encoders (benchmarks)
 
-KIND_TINY = "tiny"
-KIND_DIFFUSERS = "diffusers"
+#: The trained miniature (``hyca_batch.training.mini``), shipped as a diffusers directory. 64x64, 9 frames (3
+#: latent frames of 16x16), 24 steps; guidance_scale is HunyuanVideo's embedded guidance.
+MINI_DIR = Path(__file__).resolve().parent / "weights" / "mini"
+MINI_DEFAULTS = GenerationDefaults(
+    height=64, width=64, num_frames=9, num_inference_steps=24, guidance_scale=6.0, fps=8
+)
 
 # Hugging Face repo ids: "org/name" of letters, digits, '-', '_', '.'; no '--' or '..'.
 _HUB_ID = re.compile(r"^(?!.*(--|\.\.))[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$", re.ASCII)
@@ -42,23 +39,6 @@ class ModelSpec:
     kind: str  # "tiny" (built in memory) or "diffusers" (from_pretrained)
     source: str  # hub id or absolute local path ("" for tiny; the package's weights dir for mini)
     defaults: GenerationDefaults
-
-
-@dataclass
-class LoadedModel:
-    """A pipeline ready to run, with the device/dtype it was placed on (the runner records both)."""
-
-    spec: ModelSpec
-    pipeline: "HunyuanVideoPipeline"
-    device: torch.device
-    dtype: torch.dtype
-
-    @property
-    def device_name(self) -> str:
-        """The accelerator's product name ("NVIDIA H100 80GB HBM3"), or "cpu": cost reports price by it."""
-        if self.device.type == "cuda":
-            return torch.cuda.get_device_name(self.device)
-        return self.device.type
 
 
 PRESETS: dict[str, ModelSpec] = {
@@ -113,30 +93,11 @@ def resolve_model(model: str) -> ModelSpec:
     )
 
 
-def default_device() -> torch.device:
-    """CUDA when this process can see a GPU, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def load_model(model: str | ModelSpec, device: str | torch.device | None = None) -> LoadedModel:
-    """Load (or build) the pipeline for ``model`` on ``device`` (default: ``default_device()``).
-
-    bfloat16 on CUDA (HunyuanVideo's inference dtype), float32 on CPU, where bfloat16 matmuls are
-    slow and the tiny model's tests want exact, portable numbers. The pipeline's own progress bar is
-    turned off: the job reports progress itself, and per-step bars from many replicas garble logs.
-    """
-    spec = resolve_model(model) if isinstance(model, str) else model
-    target = torch.device(device) if device is not None else default_device()
-    dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
-    if spec.kind == KIND_TINY:
-        pipeline = build_tiny_pipeline(seed=0).to(device=target)
-        if dtype != torch.float32:  # built in float32; casting a no-op only draws a diffusers warning
-            pipeline = pipeline.to(dtype=dtype)
-    elif spec.kind == KIND_DIFFUSERS:
-        pipeline = load_diffusers_pipeline(spec.source, target, dtype)
-    else:
-        raise ValueError(
-            f"model {spec.name!r} has unknown kind {spec.kind!r}; expected {KIND_TINY!r} or {KIND_DIFFUSERS!r}"
-        )
-    pipeline.set_progress_bar_config(disable=True)
-    return LoadedModel(spec=spec, pipeline=pipeline, device=target, dtype=dtype)
+def random_weights(family: str) -> ModelSpec:
+    """``family``'s real transformer and VAE configuration with random weights and no text encoders: what
+    speed and memory measurements need, with nothing to download. Not a preset: it cannot encode a prompt,
+    so it is for code that passes text embeddings itself (``benchmarks/gpu_speed.py``)."""
+    defaults = {"hunyuanvideo": HUNYUANVIDEO_DEFAULTS, "tiny": TINY_DEFAULTS}
+    if family not in defaults:
+        raise ValueError(f"no random-weight configuration for {family!r}; choose from {', '.join(defaults)}")
+    return ModelSpec(name=f"{family}-random", kind=KIND_RANDOM, source=family, defaults=defaults[family])

@@ -1,6 +1,11 @@
-"""Sequence parallelism (Ulysses x Ring, USP) for the HunyuanVideo transformer, inside one replica."""
+"""Sequence parallelism (Ulysses x Ring, USP) for the HunyuanVideo transformer, inside one replica.
 
-from hyca_batch.parallel.config import ParallelConfig
-from hyca_batch.parallel.ranks import RankFailure, RankGroup, RankSetup
+A leaf library: ``groups`` (the process groups), ``attention`` (USP attention as plain functions),
+``shard`` (hooks that spread one transformer over the groups), ``trace`` (counting communication). It knows
+nothing of models, caches or rank processes; the runtime composes them.
+"""
 
-__all__ = ["ParallelConfig", "RankFailure", "RankGroup", "RankSetup"]
+from hyca_batch.parallel.groups import SPGroups, destroy_groups, init_groups
+from hyca_batch.parallel.shard import SequenceParallel, apply_sequence_parallel
+
+__all__ = ["SPGroups", "SequenceParallel", "apply_sequence_parallel", "destroy_groups", "init_groups"]

@@ -1,4 +1,4 @@
-"""USP attention for HunyuanVideo's joint video+text attention, and the processor that calls it.
+"""USP attention for HunyuanVideo's joint video+text attention: plain functions of the groups and tensors.
 
 Layout follows xfuser's ``xFuserLongContextAttention`` with ``joint_strategy="rear"``: each rank holds
 its chunk of video tokens and all text tokens. Queries ``[video chunk, text]`` go through the Ulysses
@@ -17,12 +17,10 @@ so a padded video falls back to the torch backend.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from hyca_batch.parallel.shard import SequenceParallel
+from hyca_batch.parallel.groups import SPGroups
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +44,8 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tup
 
 
 def usp_attention_torch(
-    sp: "SequenceParallel",
+    groups: SPGroups,
+    tokens: int,
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -54,11 +53,13 @@ def usp_attention_torch(
     text_k: torch.Tensor,
     text_v: torch.Tensor,
 ) -> torch.Tensor:
-    """(B, c, H, D) video chunk + (B, T, H, D) text -> (B, c + T, H, D), over the replica's ranks."""
+    """(B, c, H, D) video chunk + (B, T, H, D) text -> (B, c + T, H, D), over the replica's ranks.
+
+    ``tokens`` is the video's real token count: keys past it are the last chunk's padding, never attended to.
+    """
     from yunchang.comm.all_to_all import SeqAllToAll4D
     from yunchang.ring.utils import RingComm, update_out_and_lse
 
-    groups = sp.groups
     heads = q.shape[2] // groups.ulysses
     q = torch.cat([q, text_q], dim=1)
     if groups.ulysses > 1:
@@ -75,7 +76,7 @@ def usp_attention_torch(
             next_k, next_v = comm.send_recv(k), comm.send_recv(v)
             comm.commit()
         owner = (groups.ring_rank - step) % groups.ring  # whose block this is: its global position
-        valid = max(0, min(block, sp.tokens - owner * block))  # padded keys sit at the end of the sequence
+        valid = max(0, min(block, tokens - owner * block))  # padded keys sit at the end of the sequence
         keys, values = k[:, :valid], v[:, :valid]
         if last:
             keys, values = torch.cat([keys, text_k], dim=1), torch.cat([values, text_v], dim=1)
@@ -120,53 +121,3 @@ def make_xfuser_attention(backend: str, device: torch.device) -> _XfuserAttentio
             raise ValueError(f"--sp-attention xfuser, but xfuser cannot be imported: {exc}. Install the [gpu] extra") from exc
         log.warning("xfuser is not importable (%s); sequence parallelism uses the torch attention backend", exc)
         return None
-
-
-def _project(x, heads, to_q, to_k, to_v, norm_q, norm_k) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B, S, heads x D) -> q, k, v as (B, S, heads, D), q and k normalized: diffusers' steps 1-2."""
-    q, k, v = (proj(x).unflatten(2, (heads, -1)) for proj in (to_q, to_k, to_v))
-    if norm_q is not None:
-        q = norm_q(q)
-    if norm_k is not None:
-        k = norm_k(k)
-    return q, k, v
-
-
-class SPAttnProcessor:
-    """diffusers' ``HunyuanVideoAttnProcessor2_0`` with its attention call replaced by USP attention.
-
-    Steps 1-4 and 6 are the diffusers processor's, in the same order, so a rank computes exactly what the
-    single-process model computes on its tokens. The attention mask is not used: text padding was
-    dropped before the blocks (``SequenceParallel``), and video padding is dropped inside the attention.
-    """
-
-    def __init__(self, sp: "SequenceParallel"):
-        self.sp = sp
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
-        from diffusers.models.embeddings import apply_rotary_emb
-
-        text_len = encoder_hidden_states.shape[1]
-        if attn.add_q_proj is None:  # single-stream block: one projection over [video, text]
-            hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
-
-        query, key, value = _project(hidden_states, attn.heads, attn.to_q, attn.to_k, attn.to_v, attn.norm_q, attn.norm_k)
-        if attn.add_q_proj is None:
-            (query, text_q), (key, text_k), (value, text_v) = (
-                (x[:, :-text_len], x[:, -text_len:]) for x in (query, key, value)
-            )
-        else:
-            text_q, text_k, text_v = _project(encoder_hidden_states, attn.heads, attn.add_q_proj, attn.add_k_proj,
-                                              attn.add_v_proj, attn.norm_added_q, attn.norm_added_k)
-        if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-
-        out = self.sp.attention(query, key, value, text_q, text_k, text_v)
-        out = out.flatten(2, 3).to(query.dtype)
-        hidden_states, encoder_hidden_states = out[:, :-text_len], out[:, -text_len:]
-        if getattr(attn, "to_out", None) is not None:
-            hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
-        if getattr(attn, "to_add_out", None) is not None:
-            encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
-        return hidden_states, encoder_hidden_states

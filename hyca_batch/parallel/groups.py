@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from hyca_batch.parallel.config import ParallelConfig
+from hyca_batch.config import ParallelConfig
 
 
 @dataclass

@@ -6,7 +6,7 @@ The transformer's own forward runs unchanged on every rank; hooks change what fl
 - ``rope``: the rotary tables are split the same way;
 - ``context_embedder``: text padding is dropped (it is never attended to; xDiT does the same), so the
   joint attention needs no mask; text tokens are replicated on every rank;
-- every block's attention processor: USP attention (``attention.py``);
+- every block's attention processor (``SPAttnProcessor``): USP attention (``attention.py``);
 - ``proj_out``: the rank's output tokens are placed into a full-size zero tensor, without communication.
 
 The last point is what lets a HyCa skipped step run with no collective at all: patch embedding works
@@ -18,14 +18,14 @@ attention's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from diffusers.hooks import HookRegistry, ModelHook
 
-from hyca_batch.parallel.attention import SPAttnProcessor, make_xfuser_attention, usp_attention_torch
-from hyca_batch.parallel.config import ParallelConfig
+from hyca_batch.config import ParallelConfig
+from hyca_batch.parallel.attention import make_xfuser_attention, usp_attention_torch
 from hyca_batch.parallel.groups import SPGroups
 
 _HOOK = "hyca_sequence_parallel"
@@ -41,7 +41,6 @@ class SequenceParallel:
     tokens: int = 0  # video tokens of the current video (set by the x_embedder hook)
     chunk: int = 0  # tokens per rank, padding included
     latent_grid: tuple[int, int, int] = (0, 0, 0)  # (frames, height, width) in patches
-    _processors: dict = field(default_factory=dict)
 
     @property
     def rank(self) -> int:
@@ -107,7 +106,57 @@ class SequenceParallel:
     def attention(self, q, k, v, text_q, text_k, text_v) -> torch.Tensor:
         if self.xfuser is not None and not self.padded:
             return self.xfuser(q, k, v, text_q, text_k, text_v)
-        return usp_attention_torch(self, q, k, v, text_q, text_k, text_v)
+        return usp_attention_torch(self.groups, self.tokens, q, k, v, text_q, text_k, text_v)
+
+
+def _project(x, heads, to_q, to_k, to_v, norm_q, norm_k) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, S, heads x D) -> q, k, v as (B, S, heads, D), q and k normalized: diffusers' steps 1-2."""
+    q, k, v = (proj(x).unflatten(2, (heads, -1)) for proj in (to_q, to_k, to_v))
+    if norm_q is not None:
+        q = norm_q(q)
+    if norm_k is not None:
+        k = norm_k(k)
+    return q, k, v
+
+
+class SPAttnProcessor:
+    """diffusers' ``HunyuanVideoAttnProcessor2_0`` with its attention call replaced by USP attention.
+
+    Steps 1-4 and 6 are the diffusers processor's, in the same order, so a rank computes exactly what the
+    single-process model computes on its tokens. The attention mask is not used: text padding was
+    dropped before the blocks (``SequenceParallel``), and video padding is dropped inside the attention.
+    """
+
+    def __init__(self, sp: SequenceParallel):
+        self.sp = sp
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        text_len = encoder_hidden_states.shape[1]
+        if attn.add_q_proj is None:  # single-stream block: one projection over [video, text]
+            hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
+
+        query, key, value = _project(hidden_states, attn.heads, attn.to_q, attn.to_k, attn.to_v, attn.norm_q, attn.norm_k)
+        if attn.add_q_proj is None:
+            (query, text_q), (key, text_k), (value, text_v) = (
+                (x[:, :-text_len], x[:, -text_len:]) for x in (query, key, value)
+            )
+        else:
+            text_q, text_k, text_v = _project(encoder_hidden_states, attn.heads, attn.add_q_proj, attn.add_k_proj,
+                                              attn.add_v_proj, attn.norm_added_q, attn.norm_added_k)
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+
+        out = self.sp.attention(query, key, value, text_q, text_k, text_v)
+        out = out.flatten(2, 3).to(query.dtype)
+        hidden_states, encoder_hidden_states = out[:, :-text_len], out[:, -text_len:]
+        if getattr(attn, "to_out", None) is not None:
+            hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if getattr(attn, "to_add_out", None) is not None:
+            encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        return hidden_states, encoder_hidden_states
 
 
 class _ShardTokensHook(ModelHook):
@@ -184,16 +233,5 @@ def apply_sequence_parallel(
     for module, hook in hooks.items():
         HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, _HOOK)
     for block in [*transformer.transformer_blocks, *transformer.single_transformer_blocks]:
-        sp._processors[block.attn] = block.attn.processor
         block.attn.set_processor(SPAttnProcessor(sp))
-    transformer._hyca_sequence_parallel = sp
     return sp
-
-
-def remove_sequence_parallel(transformer: torch.nn.Module) -> None:
-    sp: SequenceParallel = transformer._hyca_sequence_parallel
-    for module in (transformer.x_embedder, transformer.rope, transformer.context_embedder, transformer.proj_out):
-        HookRegistry.check_if_exists_or_initialize(module).remove_hook(_HOOK, recurse=False)
-    for attn, processor in sp._processors.items():
-        attn.set_processor(processor)
-    del transformer._hyca_sequence_parallel

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -52,8 +53,8 @@ class CommTrace:
 
 
 class _Tracer:
-    def __init__(self, transformer: torch.nn.Module, cache) -> None:
-        self.transformer, self.cache = transformer, cache
+    def __init__(self, transformer: torch.nn.Module, pass_is_full: Callable[[], bool]) -> None:
+        self.transformer, self.pass_is_full = transformer, pass_is_full
         self.trace = CommTrace()
         self.current: PassComm | None = None
         self.depth = 0  # a call made inside a traced call is not counted again
@@ -118,7 +119,7 @@ class _Tracer:
     def _end(self, module, args, output) -> None:
         self._sync()
         self.current.pass_s = time.perf_counter() - self.t_pass
-        self.current.full = self.cache.states.get_state().full
+        self.current.full = self.pass_is_full()
         self.trace.passes.append(self.current)
         self.current = None
 
@@ -140,8 +141,11 @@ class _TimedWork:
         return getattr(self.work, name)
 
 
-def trace_communication(transformer: torch.nn.Module, cache) -> _Tracer:
-    """Start tracing this process's communication; ``.trace`` holds the record, ``.remove()`` stops."""
-    tracer = _Tracer(transformer, cache)
+def trace_communication(transformer: torch.nn.Module, pass_is_full: Callable[[], bool]) -> _Tracer:
+    """Start tracing this process's communication; ``.trace`` holds the record, ``.remove()`` stops.
+
+    ``pass_is_full`` says, at the end of a transformer pass, whether it was a full one (the cache knows).
+    """
+    tracer = _Tracer(transformer, pass_is_full)
     tracer.install()
     return tracer

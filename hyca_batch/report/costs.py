@@ -23,6 +23,16 @@ import pyarrow.compute as pc
 from hyca_batch.records import read_records
 from hyca_batch.report.prices import PriceTable
 from hyca_batch.storage import Storage, open_storage
+from hyca_batch.storage.layout import (
+    ERRORS,
+    RUNS,
+    SOLVER_MAP_JSON_KEY,
+    error_ids,
+    error_key,
+    is_replica_key,
+    is_run_key,
+    replica_run_id,
+)
 
 #: Device-time categories, in the order they are shown: per-video stages first, then overheads.
 CATEGORIES: dict[str, str] = {
@@ -119,19 +129,20 @@ class RunCosts:
 
 def load_run(uri: str, prices: PriceTable, *, label: str | None = None, s3_endpoint_url: str | None = None) -> RunCosts:
     storage = open_storage(uri, s3_endpoint_url=s3_endpoint_url)
-    keys = storage.list("runs/")
-    run_keys = [k for k in keys if k.count("/") == 1 and k.endswith(".json")]
+    keys = storage.list(RUNS)
+    run_keys = [k for k in keys if is_run_key(k)]
     if not run_keys:
         raise FileNotFoundError(f"{storage.uri}: no runs/*.json here; is this the --out of a hyca-batch run?")
-    replica_keys = [k for k in keys if k.count("/") == 2 and k.rsplit("/", 1)[1].startswith("replica-")]
-    error_keys = [k for k in storage.list("errors/") if k.endswith(".json")]
-    map_keys = ["solver_map.json"] if storage.exists("solver_map.json") else []  # hyca runs: the readable map
+    replica_keys = [k for k in keys if is_replica_key(k)]
+    error_keys = [error_key(i) for i in error_ids(storage.list(ERRORS))]
+    # hyca runs: the readable map
+    map_keys = [SOLVER_MAP_JSON_KEY] if storage.exists(SOLVER_MAP_JSON_KEY) else []
     docs = _read_json(storage, run_keys + replica_keys + error_keys + map_keys)
     records = read_records(storage)
 
     replicas_by_run: dict[str, list[dict[str, Any]]] = {}
     for k in replica_keys:
-        replicas_by_run.setdefault(k.split("/")[1], []).append(docs[k])
+        replicas_by_run.setdefault(replica_run_id(k), []).append(docs[k])
     errors = [docs[k] for k in error_keys]
     # An invocation whose replicas never started (a model that failed to load) still held its devices: it is
     # priced as the output's other invocations ran.
@@ -145,7 +156,7 @@ def load_run(uri: str, prices: PriceTable, *, label: str | None = None, s3_endpo
     invocations.sort(key=lambda inv: inv.started_at)
     videos = _video_rows(records, {inv.run_id: inv for inv in invocations})
     failures = _failures(errors, set(records.column("id").to_pylist()))
-    solver_mix = _solver_mix(docs.get("solver_map.json"))
+    solver_mix = _solver_mix(docs.get(SOLVER_MAP_JSON_KEY))
     name = label or storage.uri.rstrip("/").rsplit("/", 1)[-1]
     summary = _summary(name, storage.uri, invocations, records, videos, failures)
     return RunCosts(name, storage.uri, summary, invocations, videos, failures, solver_mix)

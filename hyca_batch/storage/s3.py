@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from hyca_batch.storage import AlreadyExists, Storage, StorageError, validate_key
+from hyca_batch.storage.base import AlreadyExists, Storage, StorageError, validate_key
 
 #: Attempts per request (botocore standard retry mode: exponential backoff with jitter, at most 20 s
 #: apart), unless AWS_MAX_ATTEMPTS says otherwise. Ten ride out an endpoint that fails for a minute.

@@ -11,35 +11,16 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 
-from hyca_batch.hyca import FeatureCacheConfig, SolverMap, apply_feature_cache
-from hyca_batch.manifest import Request
+from hyca_batch.cache import SolverMap, TrajectoryProbe, apply_feature_cache
+from hyca_batch.config import CacheConfig
 from hyca_batch.models import LoadedModel
-
-if TYPE_CHECKING:
-    from hyca_batch.parallel.shard import SequenceParallel
-
-
-@dataclass
-class GenerationResult:
-    frames: np.ndarray  # (F, H, W, 3) uint8 RGB; empty on sequence-parallel ranks other than 0
-    latents: torch.Tensor  # final latents, for fidelity comparisons
-    timings: dict[str, float] = field(default_factory=dict)  # text_encode_s, denoise_s, decode_s
-    transformer_passes_full: int = 0
-    transformer_passes_skipped: int = 0
-    mean_full_pass_s: float = 0.0
-
-    @property
-    def speedup_estimate(self) -> float:
-        """What the loop would have cost with every pass full, over what it cost: (passes x full pass) / denoise."""
-        passes = self.transformer_passes_full + self.transformer_passes_skipped
-        denoise = self.timings.get("denoise_s", 0.0)
-        return passes * self.mean_full_pass_s / denoise if denoise > 0 else 0.0
+from hyca_batch.parallel import SequenceParallel
+from hyca_batch.types import GenerationResult, Request
 
 
 def _sync(device: torch.device) -> None:
@@ -52,22 +33,23 @@ class VideoGenerator:
 
     Under sequence parallelism (``parallel``, installed on the transformer by ``apply_sequence_parallel``)
     every rank runs this with the same request; the latents are gathered after the loop, and rank 0 alone
-    decodes (tiled).
+    decodes (tiled). With a ``probe`` every step is full and the cached features are recorded (calibration).
     """
 
     def __init__(
         self,
         model: LoadedModel,
-        cache: FeatureCacheConfig | None = None,
+        cache: CacheConfig | None = None,
         solver_map: SolverMap | None = None,
-        parallel: "SequenceParallel | None" = None,
+        parallel: SequenceParallel | None = None,
+        probe: TrajectoryProbe | None = None,
     ):
         self.model = model
         self.pipeline = model.pipeline
         self.parallel = parallel
-        self.cache = apply_feature_cache(self.pipeline.transformer, cache or FeatureCacheConfig(mode="none"), solver_map)
-        if parallel is not None and parallel.world > 1:
-            self.cache.gather_video = parallel.gather_tokens
+        if probe is not None and parallel is not None and parallel.world > 1:
+            probe.gather_video = parallel.gather_tokens
+        self.cache = apply_feature_cache(self.pipeline.transformer, cache or CacheConfig(), solver_map, probe)
 
     @contextmanager
     def uncached(self) -> Iterator[None]:

@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from hyca_batch.hyca.solvers import SOLVERS, get_solver
+from hyca_batch.cache.solvers import SOLVERS, get_solver
 
 FORMAT_VERSION = 1
 _HEADER_KEY = "hyca_solver_map"

@@ -14,8 +14,9 @@ from typing import Sequence
 
 import torch
 
-from hyca_batch.hyca.solver_map import SolverMap
-from hyca_batch.hyca.solvers import SOLVERS, coefficient_table, get_solver, max_points
+from hyca_batch.cache.schedule import schedule_full_steps
+from hyca_batch.cache.solver_map import SolverMap
+from hyca_batch.cache.solvers import SOLVERS, coefficient_table, get_solver, max_points
 
 DESCRIPTORS: tuple[str, ...] = (
     "log_energy",
@@ -120,13 +121,6 @@ def kmeans(x: torch.Tensor, k: int, *, seed: int = 0, iters: int = 100) -> tuple
             own[far] = 0.0
     labels = torch.cdist(z, centers).square().argmin(1)
     return labels, (centers * std + mean).to(dtype)
-
-
-def schedule_full_steps(num_steps: int, interval: int, warmup: int = 0) -> list[bool]:
-    """Step t is computed fully iff t < warmup or t % interval == 0 (interval 1: every step)."""
-    if num_steps < 1 or interval < 1 or warmup < 0:
-        raise ValueError(f"need num_steps >= 1, interval >= 1, warmup >= 0; got {num_steps}, {interval}, {warmup}")
-    return [t < warmup or t % interval == 0 for t in range(num_steps)]
 
 
 def forecast_errors(

@@ -1,10 +1,10 @@
 """The replica: a stateful callable for Ray Data's ``map_batches``, one model load per replica.
 
 It owns the whole life of a video: generate, encode, put the mp4, then publish the record as the
-commit marker. With ``--sp N`` the replica holds N devices and generates through a group of N rank
-processes (``hyca_batch.parallel.ranks``); it writes rank 0's frames. Nothing raises out of
-``__call__``: a failing video becomes an error record and a ``failed`` result row, so a batch is never
-dropped and one bad video never costs the others.
+commit marker. It generates through a backend (``backend``): in its own process, or with ``--sp N`` on
+the N devices it holds through a group of N rank processes, whose rank 0's frames it writes. Nothing
+raises out of ``__call__``: a failing video becomes an error record and a ``failed`` result row, so a
+batch is never dropped and one bad video never costs the others.
 """
 
 from __future__ import annotations
@@ -21,17 +21,18 @@ import uuid
 from typing import Any
 
 import pyarrow as pa
-import torch
 
-from hyca_batch.encode import encode_mp4
-from hyca_batch.fidelity import psnr, relative_l2, ssim
-from hyca_batch.generate import GenerationResult, VideoGenerator
-from hyca_batch.hyca import FeatureCacheConfig, SolverMap
-from hyca_batch.manifest import Request
-from hyca_batch.models import ModelSpec, load_model
-from hyca_batch.parallel import ParallelConfig, RankGroup, RankSetup
-from hyca_batch.records import record_key, replica_key, utcnow, video_key, write_error, write_record
+from hyca_batch.cache import SolverMap
+from hyca_batch.config import CacheConfig, ParallelConfig
+from hyca_batch.models import ModelSpec
+from hyca_batch.pipeline.encode import encode_mp4
+from hyca_batch.pipeline.fidelity import psnr, relative_l2, ssim
+from hyca_batch.records import utcnow, write_error, write_record
+from hyca_batch.runtime.backend import open_backend
+from hyca_batch.runtime.workers import RankSetup
 from hyca_batch.storage import open_storage
+from hyca_batch.storage.layout import record_key, replica_key, video_key
+from hyca_batch.types import GenerationResult, Request
 
 log = logging.getLogger(__name__)
 
@@ -53,34 +54,23 @@ class Replica:
         *,
         model: ModelSpec,
         out: str,
-        cache: FeatureCacheConfig,
+        cache: CacheConfig,
         run_id: str,
         extra_schema: pa.Schema,
         solver_map: SolverMap | None = None,
         baseline_every: int = 0,
         device: str | None = None,
-        threads: int = 1,
-        parallel: ParallelConfig | None = None,
+        cpus: float = 1.0,
+        parallel: ParallelConfig = ParallelConfig(),
         s3_endpoint_url: str | None = None,
     ):
         started_at, t_load = utcnow(), time.perf_counter()
-        self.parallel = parallel or ParallelConfig()
-        self.ranks: RankGroup | None = None
-        self.generator: VideoGenerator | None = None
-        if self.parallel.sp > 1:
-            setup = RankSetup(model=model, parallel=self.parallel, cache=cache, solver_map=solver_map, device=device,
-                              threads=max(1, threads // self.parallel.sp))
-            self.ranks = RankGroup(setup)
-            self.ranks.start()  # a model that cannot load fails here, before any video, as without --sp
-            info = self.ranks.info
-            self.model_name, self.device_type, self.device_name = info["model"], info["device_type"], info["device_name"]
-        else:
-            if device is None and torch.cuda.is_available():
-                device = "cuda"
-            torch.set_num_threads(max(1, threads))
-            loaded = load_model(model, device=device)
-            self.generator = VideoGenerator(loaded, cache=cache, solver_map=solver_map)
-            self.model_name, self.device_type, self.device_name = loaded.spec.name, loaded.device.type, loaded.device_name
+        self.parallel = parallel
+        # A model that cannot load fails here, before any video, with or without --sp.
+        self.backend = open_backend(RankSetup(model=model, parallel=parallel, cache=cache, solver_map=solver_map,
+                                              device=device), cpus=cpus)
+        info = self.backend.info
+        self.model_name, self.device_type, self.device_name = info["model"], info["device_type"], info["device_name"]
         self.storage = open_storage(out, s3_endpoint_url=s3_endpoint_url)
         self._announce(run_id, started_at, time.perf_counter() - t_load)
         self.cache = cache
@@ -111,19 +101,20 @@ class Replica:
             log.warning("could not record replica start-up: %s", exc)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = [self.process(row) for row in batch.to_pylist()]
+        """A block of requests (``REQUEST_SCHEMA``, the carried columns, ``attempt`` and ``ordinal``) to results."""
+        requests = Request.from_table(batch, carried=self.extra_schema)
+        attempts, ordinals = batch.column("attempt").to_pylist(), batch.column("ordinal").to_pylist()
+        rows = [self.process(r, a, o) for r, a, o in zip(requests, attempts, ordinals)]
         return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
 
-    def process(self, row: dict[str, Any]) -> dict[str, Any]:
-        attempt = int(row.pop("attempt"))
-        ordinal = int(row.pop("ordinal"))
-        request = Request.from_row(row)
+    def process(self, request: Request, attempt: int, ordinal: int) -> dict[str, Any]:
+        """Generate, encode and commit one video; ``ordinal``, its place in the manifest, picks the baselines."""
         started_at, t0 = utcnow(), time.perf_counter()
         try:
             if self.storage.exists(record_key(request.id)):
                 # Committed meanwhile (a retried block, a concurrent job): the record stands as it is.
                 return self._result(request.id, "already_done", attempt, t0)
-            result = self._generate(request)
+            result = self.backend.generate(request)
             baseline = self._baseline(request, result) if self._wants_baseline(ordinal) else {}
             t_enc = time.perf_counter()
             data = encode_mp4(result.frames, request.fps)
@@ -191,22 +182,12 @@ class Replica:
                 message += f" (and its error record could not be written: {write_exc})"
             return self._result(request.id, "failed", attempt, t0, message)
 
-    def _generate(self, request: Request, uncached: bool = False) -> GenerationResult:
-        if self.ranks is not None:
-            # A dead or failed rank raises RankFailure: this video fails (and is retried by the job), and
-            # the group restarts on the next video.
-            return self.ranks.generate(request, uncached)
-        if uncached:
-            with self.generator.uncached():
-                return self.generator(request)
-        return self.generator(request)
-
     def _wants_baseline(self, ordinal: int) -> bool:
         return self.baseline_every > 0 and self.cache.mode != "none" and ordinal % self.baseline_every == 0
 
     def _baseline(self, request: Request, cached: GenerationResult) -> dict[str, float]:
         """The same request uncached, on the same model: the measured speedup and the cache's fidelity."""
-        reference = self._generate(request, uncached=True)
+        reference = self.backend.generate(request, uncached=True)
         return {
             "baseline_denoise_s": reference.timings["denoise_s"],
             "measured_speedup": reference.timings["denoise_s"] / cached.timings["denoise_s"],

@@ -16,34 +16,26 @@ had to agree on a code first), and a fixed latent space lets the VAE and the tra
 same time, one per core.
 
 The weights live in ``hyca_batch/models/weights/mini`` as a diffusers directory written by
-``save_pretrained`` (safetensors) plus ``hyca_batch.json``; the ``mini`` preset loads it through
-``HunyuanVideoPipeline.from_pretrained``, the same local-directory path as the real model.
+``save_pretrained`` (safetensors) plus ``hyca_batch.json``; the ``mini`` preset (``hyca_batch.models``) loads
+it through ``HunyuanVideoPipeline.from_pretrained``, the same local-directory path as the real model. This
+module only builds and trains it; the runtime never imports it.
 
 Importing this module is cheap: torch/diffusers are imported inside the builders.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hyca_batch.config import GenerationDefaults
+from hyca_batch.models.registry import MINI_DEFAULTS
 
 if TYPE_CHECKING:
     import torch
     from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoPipeline, HunyuanVideoTransformer3DModel
 
-MINI_DIR = Path(__file__).resolve().parent / "weights" / "mini"
-
-# 64x64, 9 frames (3 latent frames of 16x16), 24 steps. guidance_scale is HunyuanVideo's embedded
-# guidance (the transformer was trained with exactly 6.0 x 1000 in its guidance embedder).
-MINI_DEFAULTS = GenerationDefaults(
-    height=64, width=64, num_frames=9, num_inference_steps=24, guidance_scale=6.0, fps=8
-)
-
 # Lower than HunyuanVideo's 7.0: a 16x16 latent needs less time at high noise.
 MINI_SCHEDULER_SHIFT = 3.0
-MINI_GUIDANCE = 6.0
+MINI_GUIDANCE = MINI_DEFAULTS.guidance_scale  # the transformer was trained with exactly this x 1000 embedded
 MINI_LATENT_CHANNELS = 16
 MINI_SPATIAL_COMPRESSION = 4
 MINI_TEMPORAL_COMPRESSION = 4
@@ -151,7 +143,7 @@ def build_untrained_mini_pipeline(seed: int = 0, **transformer_kwargs: int) -> "
     """The mini pipeline before training: tiny frozen text path, fresh VAE and transformer."""
     from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
 
-    from hyca_batch.models.tiny import build_tiny_pipeline
+    from hyca_batch.models.tiny import build_tiny_pipeline  # its frozen text encoders and tokenizers
 
     tiny = build_tiny_pipeline(MINI_TEXT_SEED)
     transformer = build_mini_transformer(

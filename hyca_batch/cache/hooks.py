@@ -14,58 +14,33 @@ each call, and ``FeatureCache.reset`` clears it (and the statistics) before each
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.hooks.hooks import BaseState, StateManager
+from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
 
-from hyca_batch.hyca.solver_map import SolverMap
-from hyca_batch.hyca.solvers import SOLVERS, coefficient_table, max_points
+from hyca_batch.cache.probe import DEFAULT_CONTEXT, TrajectoryProbe
+from hyca_batch.cache.schedule import is_full_step
+from hyca_batch.cache.solver_map import SolverMap
+from hyca_batch.cache.solvers import SOLVERS, coefficient_table, max_points
+from hyca_batch.config import CacheConfig
 
-CACHE_MODES = ("none", "fora", "taylorseer", "foca", "hyca")
-#: The uniform baselines: every channel of every module runs the same solver.
-UNIFORM_SOLVERS = {"fora": "reuse", "foca": "pc"}
-GRANULARITIES = ("block", "stack")
+#: The uniform baselines: every channel of every module runs the same solver (taylorseer: its order's).
+UNIFORM_SOLVERS = {"fora": "reuse", "foca": "pc", "taylorseer": "taylor{order}"}
 
 _STEP_HOOK = "hyca_step"
 _BLOCK_HOOK = "hyca_block"
-_DEFAULT_CONTEXT = "default"
-
-
-@dataclass
-class FeatureCacheConfig:
-    """How to cache. ``interval`` N: a full pass every N steps (N=1 computes every step)."""
-
-    mode: str = "hyca"
-    interval: int = 6
-    warmup: int = 0  # extra full steps at the start, before the every-N schedule takes over
-    granularity: str = "block"  # block: per-module outputs; stack: one residual over all blocks (low memory)
-    taylorseer_order: int = 2
-    probe_tokens: int = 0  # >0: calibration probe, every step full, this many sampled tokens recorded
-    probe_seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.mode not in CACHE_MODES:
-            raise ValueError(f"cache mode {self.mode!r}; choose from {', '.join(CACHE_MODES)}")
-        if self.granularity not in GRANULARITIES:
-            raise ValueError(f"granularity {self.granularity!r}; choose from {', '.join(GRANULARITIES)}")
-        if self.interval < 1 or self.warmup < 0:
-            raise ValueError(f"interval must be >= 1 and warmup >= 0, got {self.interval} and {self.warmup}")
-        if self.taylorseer_order not in (1, 2):
-            raise ValueError(f"taylorseer order must be 1 or 2, got {self.taylorseer_order}")
-
-    def is_full(self, step: int) -> bool:
-        return self.probe_tokens > 0 or self.mode == "none" or step < self.warmup or step % self.interval == 0
 
 
 class _CacheState(BaseState):
     """Everything one cache context (cond or uncond) remembers across the steps of one video."""
 
     def __init__(self) -> None:
-        self.context = _DEFAULT_CONTEXT
+        self.context = DEFAULT_CONTEXT
         self.reset()
 
     def reset(self) -> None:
@@ -82,12 +57,14 @@ class _States(StateManager):
     """diffusers' StateManager, with a default context so the transformer also works outside a pipeline."""
 
     def get_state(self) -> _CacheState:
-        name = self._context.name if self._context is not None else _DEFAULT_CONTEXT
-        if name not in self._state_cache:
-            state = self._state_cls()
-            state.context = name
-            self._state_cache[name] = state
-        return self._state_cache[name]
+        try:
+            name = self.context.name
+        except ValueError:  # no pipeline set a cache context: the transformer was called on its own
+            self.set_context(CacheContext(DEFAULT_CONTEXT))
+            name = DEFAULT_CONTEXT
+        state = super().get_state()
+        state.context = name
+        return state
 
 
 @dataclass
@@ -108,70 +85,59 @@ def _sync(tensor: torch.Tensor | None) -> None:
 
 
 class FeatureCache:
-    """The installed cache of one transformer: its config, solver map, state, and pass statistics."""
+    """The installed cache of one transformer: its config, solver map, state, and pass statistics.
 
-    def __init__(self, transformer: torch.nn.Module, config: FeatureCacheConfig, solver_map: SolverMap | None):
+    Every mode forecasts through a solver map: hyca's calibrated one, or for the uniform baselines a one-cluster
+    map that gives every channel the same solver, so there is one forecasting path whatever the mode.
+    """
+
+    def __init__(self, transformer: torch.nn.Module, config: CacheConfig, solver_map: SolverMap | None,
+                 probe: TrajectoryProbe | None = None):
         self.transformer = transformer
         self.config = config
         self.solver_map = solver_map
+        self.probe = probe  # calibration: every step full, every stored feature recorded
         self.states = _States(_CacheState)
         self.stats = PassStats()
         self.bypassed = False  # True: every step full and nothing stored (the uncached baseline)
-        # Under sequence parallelism: (B, chunk, D) video features -> the whole video's, on every rank. Only
-        # the calibration probe uses it, so that its recording (and the solver map) equal the single-rank one.
-        self.gather_video: Callable[[torch.Tensor], torch.Tensor] | None = None
-        # Probe recordings live here, not in the per-context state, which the pipeline resets after each call.
-        self.probe: dict[str, dict[str, list[torch.Tensor]]] = {}
-        self.probe_index: dict[str, torch.Tensor] = {}
         self._channel_solver: dict[str, torch.Tensor] = {}
         self._points: dict[str, int] = {}
         self._capture_handles: list[torch.utils.hooks.RemovableHandle] = []
 
     # -- per module solver tables -------------------------------------------------------------------
 
-    def uniform_solver(self) -> str:
-        if self.config.mode == "taylorseer":
-            return f"taylor{self.config.taylorseer_order}"
-        return UNIFORM_SOLVERS[self.config.mode]
-
-    def channel_solver(self, name: str, dim: int, device: torch.device) -> torch.Tensor:
+    def channel_solver(self, name: str, device: torch.device) -> torch.Tensor:
         """(D,) solver index per channel of a module, on the module's device (cached after first use)."""
         table = self._channel_solver.get(name)
         if table is None or table.device != device:
-            if self.config.mode == "hyca":
-                table = self.solver_map.channel_solver(name)
-            else:
-                table = torch.full((dim,), SOLVERS.index(self.uniform_solver()), dtype=torch.long)
-            table = table.to(device)
+            table = self.solver_map.channel_solver(name).to(device)
             self._channel_solver[name] = table
         return table
 
     def history_points(self, name: str) -> int:
         """Slots a module keeps: as many as its most demanding solver reads, no more (memory)."""
         if name not in self._points:
-            if self.config.mode == "hyca":
-                used = self.solver_map.solver_names_used(name)
-            else:
-                used = {self.uniform_solver()}
-            self._points[name] = max_points(used)
+            self._points[name] = max_points(self.solver_map.solver_names_used(name))
         return self._points[name]
 
-    # -- what the block hooks call ------------------------------------------------------------------
+    # -- what the hooks call ------------------------------------------------------------------------
 
     def is_full(self, step: int) -> bool:
-        return self.bypassed or self.config.is_full(step)
+        if self.bypassed or self.probe is not None or self.config.mode == "none":
+            return True
+        return is_full_step(step, self.config.interval, self.config.warmup)
+
+    def pass_is_full(self) -> bool:
+        """Whether the transformer pass in progress (or the one just finished) computes every block."""
+        return self.states.get_state().full
 
     def store(self, state: _CacheState, name: str, value: torch.Tensor, video: int = 0, padding: int = 0) -> None:
-        """Push a full step's feature: ``video`` leading video tokens, then text whose last ``padding``
-        positions the probe skips (text padding is computed but never attended to, and would swamp small
-        models' statistics).
-        """
+        """Push a full step's feature (``video`` leading video tokens, then text with ``padding`` unattended
+        positions at its end, which only the probe cares about)."""
         if self.bypassed:
             return
-        if self.config.probe_tokens > 0:
-            if self.gather_video is not None and video:
-                value = torch.cat([self.gather_video(value[:, :video]), value[:, video:]], dim=1)
-            self._record_probe(state, name, value, value.shape[1] - padding)
+        if self.probe is not None:
+            self.probe.record(state.context, name, value, video, padding)
         if self.config.mode == "none":
             return
         slots = state.history.setdefault(name, [])
@@ -182,21 +148,12 @@ class FeatureCache:
         """One multiply-add per history slot, with per-channel coefficients gathered from the solver table."""
         slots = state.history[name]
         coef = state.coefficients[:, : len(slots)].to(slots[0].device)  # (len(SOLVERS), h)
-        per_channel = coef[self.channel_solver(name, slots[0].shape[-1], slots[0].device)]  # (D, h)
+        per_channel = coef[self.channel_solver(name, slots[0].device)]  # (D, h)
         per_channel = per_channel.to(slots[0].dtype).T
         out = slots[0] * per_channel[0]
         for value, c in zip(slots[1:], per_channel[1:]):
             out = out.addcmul(value, c)
         return out
-
-    def _record_probe(self, state: _CacheState, name: str, value: torch.Tensor, usable: int) -> None:
-        index = self.probe_index.get(name)
-        if index is None:
-            gen = torch.Generator().manual_seed(self.config.probe_seed)
-            index = torch.randperm(usable, generator=gen)[: self.config.probe_tokens].sort().values
-            self.probe_index[name] = index
-        recording = self.probe.setdefault(state.context, {})
-        recording.setdefault(name, []).append(value[0, index.to(value.device)].float().cpu())
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -204,14 +161,8 @@ class FeatureCache:
         """Forget every context's history, the probe's recording and the pass statistics: call before each video."""
         self.states.reset()
         self.stats = PassStats()
-        self.probe = {}
-
-    def trajectories(self, context: str = "cond") -> dict[str, torch.Tensor]:
-        """The probe's recording: module name -> (T, K, D) float32, for calibration."""
-        recording = self.probe.get(context) or self.probe.get(_DEFAULT_CONTEXT)
-        if not recording:
-            raise ValueError("nothing was recorded: install the cache with probe_tokens > 0 and run the model")
-        return {name: torch.stack(values) for name, values in recording.items()}
+        if self.probe is not None:
+            self.probe.reset()
 
     def remove(self) -> None:
         for handle in self._capture_handles:
@@ -227,8 +178,22 @@ def _text_padding(state: _CacheState, text: torch.Tensor) -> int:
     return 0 if state.text_tokens is None else max(0, text.shape[1] - state.text_tokens)
 
 
-def _arg(args: tuple, kwargs: dict, index: int, name: str):
-    return args[index] if len(args) > index else kwargs.get(name)
+class _Arguments:
+    """A forward's arguments read by name, however they were passed (as diffusers' own cache hooks read them).
+
+    The positions come from the module class's signature once, so a call costs a dict lookup.
+    """
+
+    def __init__(self, module: torch.nn.Module):
+        parameters = list(inspect.signature(type(module).forward).parameters.values())[1:]  # without self
+        self.position = {p.name: i for i, p in enumerate(parameters)}
+        self.default = {p.name: None if p.default is inspect.Parameter.empty else p.default for p in parameters}
+
+    def __call__(self, args: tuple, kwargs: dict[str, Any], name: str) -> Any:
+        if name in kwargs:
+            return kwargs[name]
+        position = self.position[name]
+        return args[position] if position < len(args) else self.default[name]
 
 
 class _StepHook(ModelHook):
@@ -240,6 +205,11 @@ class _StepHook(ModelHook):
         super().__init__()
         self.cache = cache
         self.state = cache.states
+        self.arg: _Arguments | None = None
+
+    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.arg = _Arguments(module)
+        return module
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         state: _CacheState = self.state.get_state()
@@ -247,9 +217,9 @@ class _StepHook(ModelHook):
         state.full = self.cache.is_full(state.step) or not state.times
         if not state.full:
             state.coefficients = coefficient_table(state.times, state.step).float()
-        mask = _arg(args, kwargs, 4, "encoder_attention_mask")
+        mask = self.arg(args, kwargs, "encoder_attention_mask")
         state.text_tokens = int(mask[0].sum()) if isinstance(mask, torch.Tensor) else None
-        hidden = _arg(args, kwargs, 0, "hidden_states")
+        hidden = self.arg(args, kwargs, "hidden_states")
         _sync(hidden)
         t0 = time.perf_counter()
         output = self.fn_ref.original_forward(*args, **kwargs)
@@ -291,6 +261,11 @@ class _BlockHook(ModelHook):
         super().__init__()
         self.cache, self.name, self.state = cache, name, cache.states
         self.capture = _Capture()
+        self.arg: _Arguments | None = None
+
+    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.arg = _Arguments(module)
+        return module
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.state.reset()
@@ -301,6 +276,7 @@ class _DoubleBlockHook(_BlockHook):
     """Double-stream block: caches image/text attention and MLP outputs, before their gates."""
 
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
+        super().initialize_hook(module)
         self.cache._capture_handles += [
             module.attn.register_forward_hook(self.capture.hook("attn")),
             module.ff.register_forward_hook(self.capture.hook("ff")),
@@ -320,8 +296,8 @@ class _DoubleBlockHook(_BlockHook):
             self.cache.store(state, f"{self.name}.ff", ff, video=ff.shape[1])
             self.cache.store(state, f"{self.name}.ctx_ff", self.capture.values.pop("ctx_ff"), padding=padding)
             return output
-        hidden, context = _arg(args, kwargs, 0, "hidden_states"), _arg(args, kwargs, 1, "encoder_hidden_states")
-        temb = _arg(args, kwargs, 2, "temb")
+        hidden, context = self.arg(args, kwargs, "hidden_states"), self.arg(args, kwargs, "encoder_hidden_states")
+        temb = self.arg(args, kwargs, "temb")
         # Skipped: only the modulation gates are computed (a linear layer on the timestep embedding).
         _, _, gate_msa, _, _, gate_mlp = module.norm1.linear(module.norm1.silu(temb)).chunk(6, dim=1)
         _, _, c_gate_msa, _, _, c_gate_mlp = module.norm1_context.linear(module.norm1_context.silu(temb)).chunk(6, dim=1)
@@ -338,12 +314,13 @@ class _SingleBlockHook(_BlockHook):
     """Single-stream block: caches the linear2 (proj_out) output, before its gate."""
 
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
+        super().initialize_hook(module)
         self.cache._capture_handles.append(module.proj_out.register_forward_hook(self.capture.hook("proj_out")))
         return module
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         state: _CacheState = self.state.get_state()
-        hidden, context = _arg(args, kwargs, 0, "hidden_states"), _arg(args, kwargs, 1, "encoder_hidden_states")
+        hidden, context = self.arg(args, kwargs, "hidden_states"), self.arg(args, kwargs, "encoder_hidden_states")
         name = f"{self.name}.proj_out"
         if state.full:
             output = self.fn_ref.original_forward(*args, **kwargs)
@@ -351,7 +328,7 @@ class _SingleBlockHook(_BlockHook):
             value = self.capture.values.pop("proj_out")
             self.cache.store(state, name, value, video=hidden.shape[1], padding=_text_padding(state, context))
             return output
-        temb = _arg(args, kwargs, 2, "temb")
+        temb = self.arg(args, kwargs, "temb")
         text_len = context.shape[1]
         _, _, gate = module.norm.linear(module.norm.silu(temb)).chunk(3, dim=1)
         joint = torch.cat([hidden, context], dim=1) + gate.unsqueeze(1) * self.cache.forecast(state, name)
@@ -370,7 +347,7 @@ class _StackHook(_BlockHook):
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         state: _CacheState = self.state.get_state()
-        hidden, context = _arg(args, kwargs, 0, "hidden_states"), _arg(args, kwargs, 1, "encoder_hidden_states")
+        hidden, context = self.arg(args, kwargs, "hidden_states"), self.arg(args, kwargs, "encoder_hidden_states")
         if state.full:
             if self.first:
                 state.stack_input = (hidden, context)
@@ -419,17 +396,31 @@ def _check_solver_map(solver_map: SolverMap | None, modules: dict[str, int]) -> 
             raise ValueError(f"solver map {solver_map.id} has {table.numel()} channels for {name!r}, the model {dim}")
 
 
+def mode_solver_map(config: CacheConfig, modules: dict[str, int], solver_map: SolverMap | None) -> SolverMap | None:
+    """The map a mode forecasts with: hyca's calibrated one (checked against the model's modules), a uniform one
+    for the baselines, none when nothing is forecast."""
+    if config.mode == "none":
+        return None
+    if config.mode == "hyca":
+        _check_solver_map(solver_map, modules)
+        return solver_map
+    solver = UNIFORM_SOLVERS[config.mode].format(order=config.taylorseer_order)
+    return SolverMap.uniform(solver, modules, {"mode": config.mode})
+
+
 def apply_feature_cache(
-    transformer: torch.nn.Module, config: FeatureCacheConfig, solver_map: SolverMap | None = None
+    transformer: torch.nn.Module,
+    config: CacheConfig,
+    solver_map: SolverMap | None = None,
+    probe: TrajectoryProbe | None = None,
 ) -> FeatureCache:
-    """Install the cache (mode ``none`` installs only the pass counter and timer)."""
+    """Install the cache (mode ``none`` without a probe installs only the pass counter and timer)."""
     if getattr(transformer, "_hyca_cache", None) is not None:
         raise ValueError("a feature cache is already installed on this transformer; remove() it first")
-    if config.mode == "hyca":
-        _check_solver_map(solver_map, cached_modules(transformer, config.granularity))
-    cache = FeatureCache(transformer, config, solver_map)
+    modules = cached_modules(transformer, config.granularity)
+    cache = FeatureCache(transformer, config, mode_solver_map(config, modules, solver_map), probe)
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(_StepHook(cache), _STEP_HOOK)
-    if config.mode != "none" or config.probe_tokens > 0:
+    if config.mode != "none" or probe is not None:
         blocks = _blocks(transformer)
         doubles = len(transformer.transformer_blocks)
         for i, block in enumerate(blocks):

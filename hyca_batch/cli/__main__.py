@@ -1,0 +1,3 @@
+from hyca_batch.cli.commands import main
+
+main()
