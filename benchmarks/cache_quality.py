@@ -42,9 +42,10 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from a checkout, package not installed
@@ -106,7 +107,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--model", default="mini", help="preset, local diffusers directory or hub id (default mini, the trained miniature)"
+        "--model",
+        default="mini",
+        help="preset, local diffusers directory or hub id (default mini, the trained miniature)",
     )
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument(
@@ -115,7 +118,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="torch CPU threads (default on CPU: 1, whose timings stay steady on a shared machine; 0: torch's own)",
     )
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default 24 for tiny and mini, else the model's)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="denoising steps (default 24 for tiny and mini, else the model's)"
+    )
     parser.add_argument("--height", type=int, default=None, help="default: the model's")
     parser.add_argument("--width", type=int, default=None, help="default: the model's")
     parser.add_argument("--num-frames", type=int, default=None, help="default: the model's")
@@ -127,7 +132,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="evaluated prompt(s): repeat the option or give a comma list (default: 3 built-in prompts)",
     )
-    parser.add_argument("--calibration-prompt", default=CALIBRATION_PROMPT, help="hyca calibration prompt (not evaluated)")
+    parser.add_argument(
+        "--calibration-prompt", default=CALIBRATION_PROMPT, help="hyca calibration prompt (not evaluated)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="prompt i uses seed SEED+i (default 0)")
     parser.add_argument(
         "--fbc-thresholds",
@@ -145,7 +152,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--json", type=Path, default=ROOT / "benchmarks" / "results" / "cache_quality.json", help="output JSON path"
     )
-    parser.add_argument("--quick", action="store_true", help="smoke test: intervals 3,6, one prompt, 12 steps, 1 repeat")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke test: intervals 3,6, one prompt, 12 steps, 1 repeat"
+    )
     args = parser.parse_args(argv)
 
     if args.prompts:
@@ -217,7 +226,12 @@ def build_methods(intervals: Sequence[int], fbc_thresholds: Sequence[float], wit
     if with_diffusers:
         for threshold in fbc_thresholds:
             methods.append(
-                Method(f"diffusers-fbc-{threshold:g}", "diffusers", None, {"cache": "FirstBlockCacheConfig", "threshold": threshold})
+                Method(
+                    f"diffusers-fbc-{threshold:g}",
+                    "diffusers",
+                    None,
+                    {"cache": "FirstBlockCacheConfig", "threshold": threshold},
+                )
             )
     return methods
 
@@ -379,7 +393,13 @@ class Bench:
         )
 
     def measure(
-        self, request, reference: Run, activate: Callable[[], None], repeats: int, count_flops: bool, tick: Callable[[], None]
+        self,
+        request,
+        reference: Run,
+        activate: Callable[[], None],
+        repeats: int,
+        count_flops: bool,
+        tick: Callable[[], None],
     ) -> Run:
         """One untimed run (fidelity, FLOPs), then ``repeats`` timed pairs: uncached, cached.
 
@@ -457,7 +477,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     spec = resolve_model(args.model)
     steps = args.steps or DEFAULT_STEPS.get(spec.name, spec.defaults.num_inference_steps)
-    size = spec.defaults.merged(height=args.height, width=args.width, num_frames=args.num_frames, num_inference_steps=steps)
+    size = spec.defaults.merged(
+        height=args.height, width=args.width, num_frames=args.num_frames, num_inference_steps=steps
+    )
     log(f"loading model {spec.name} ...")
     model = load_model(spec, device=args.device)
     device = str(model.device)
@@ -483,8 +505,12 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     calibration_info = {}
     for n in args.intervals:
         t0 = time.perf_counter()
-        solver_map = calibrate_model(model, [calibration_request], CacheConfig(mode="hyca", interval=n),
-                                     CalibrationConfig(clusters=args.clusters))
+        solver_map = calibrate_model(
+            model,
+            [calibration_request],
+            CacheConfig(mode="hyca", interval=n),
+            CalibrationConfig(clusters=args.clusters),
+        )
         solver_maps[n] = solver_map
         calibration_info[str(n)] = {
             "solver_map_id": solver_map.id,
@@ -536,7 +562,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             ref = bench.once(r, count_flops=i == 0)
             tick()
             if ref.passes != steps or ref.tail_computes != steps:
-                raise RuntimeError(f"uncached run of {r.prompt!r} made {ref.passes} transformer passes, expected {steps}")
+                raise RuntimeError(
+                    f"uncached run of {r.prompt!r} made {ref.passes} transformer passes, expected {steps}"
+                )
             references.append(ref)
         reference_flops = references[0].transformer_flops
 
@@ -589,7 +617,11 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         else platform.processor() or platform.machine(),
         "dtype": str(model.dtype).replace("torch.", ""),
         "torch_threads": torch.get_num_threads(),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+        },
         "steps": steps,
         "height": size.height,
         "width": size.width,
@@ -671,7 +703,9 @@ def summarize(method: Method, per_prompt, steps: int, solver_maps, reference_flo
     if method.name == "hyca":
         row["solver_map_id"] = solver_maps[method.interval].id
     if method.params.get("cache") == "TaylorSeerCacheConfig":
-        row["expected_full_passes"] = diffusers_taylorseer_expected_refreshes(steps, method.interval, DIFFUSERS_TAYLORSEER_WARMUP)
+        row["expected_full_passes"] = diffusers_taylorseer_expected_refreshes(
+            steps, method.interval, DIFFUSERS_TAYLORSEER_WARMUP
+        )
         if row["full_passes"] != row["expected_full_passes"]:
             log(
                 f"WARNING: {method.name} N={method.interval}: attention ran in {row['full_passes']} passes, "

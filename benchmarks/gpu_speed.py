@@ -70,10 +70,11 @@ import platform
 import socket
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -263,8 +264,9 @@ class SimulatedOOM(torch.cuda.OutOfMemoryError):
 class PassRecorder:
     """Per transformer pass: full or skipped, history depth, attention calls, forecast time, cache bytes."""
 
-    def __init__(self, transformer, cache, device: torch.device, weights_bytes: int, cap_bytes: int | None,
-                 history: int):
+    def __init__(
+        self, transformer, cache, device: torch.device, weights_bytes: int, cap_bytes: int | None, history: int
+    ):
         self.transformer, self.cache, self.device, self.history = transformer, cache, device, max(1, history)
         self.weights_bytes, self.cap_bytes = weights_bytes, cap_bytes
         self.passes: list[dict] = []
@@ -273,7 +275,10 @@ class PassRecorder:
         self.forecast_s = 0.0
         self.full_so_far = 0
         self.cache_bytes = 0
-        self.handles = [transformer.register_forward_pre_hook(self._start), transformer.register_forward_hook(self._end)]
+        self.handles = [
+            transformer.register_forward_pre_hook(self._start),
+            transformer.register_forward_hook(self._end),
+        ]
         for block in [*transformer.transformer_blocks, *transformer.single_transformer_blocks]:
             self.handles.append(block.attn.register_forward_pre_hook(self._count))
         self._forecast = cache.forecast
@@ -304,18 +309,22 @@ class PassRecorder:
         forecast = self.forecast_s + sum(s.elapsed_time(e) for s, e in self.forecast_events) / 1e3
         slots = [t for values in state.history.values() for t in values]
         self.cache_bytes = max(self.cache_bytes, held_bytes(iter(slots)))
-        self.passes.append({
-            "full": bool(state.full),
-            "depth": 0 if state.full else min(self.full_so_far, self.history),
-            "attention_calls": self.attention_calls,
-            "forecast_s": forecast,
-        })
+        self.passes.append(
+            {
+                "full": bool(state.full),
+                "depth": 0 if state.full else min(self.full_so_far, self.history),
+                "attention_calls": self.attention_calls,
+                "forecast_s": forecast,
+            }
+        )
         self.full_so_far += bool(state.full)
         if self.cap_bytes is not None and self.device.type != "cuda":
             live = self.weights_bytes + held_bytes(iter(slots))
             if live > self.cap_bytes:
-                raise SimulatedOOM(f"simulated: weights + cache history {live / GIB:.3g} GiB over the "
-                                   f"--max-memory-gb cap {self.cap_bytes / GIB:.3g} GiB")
+                raise SimulatedOOM(
+                    f"simulated: weights + cache history {live / GIB:.3g} GiB over the "
+                    f"--max-memory-gb cap {self.cap_bytes / GIB:.3g} GiB"
+                )
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -334,9 +343,20 @@ def memory_limit(device: torch.device, cap_bytes: int | None) -> int | None:
     return torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
 
 
-def measure(pipe, inputs: dict, size: Sequence[int], mode: str, granularity: str, args,
-            solver_map: SolverMap | None, device: torch.device, weights_bytes: int, warm: bool, sp: int = 1,
-            budget=None) -> dict:
+def measure(
+    pipe,
+    inputs: dict,
+    size: Sequence[int],
+    mode: str,
+    granularity: str,
+    args,
+    solver_map: SolverMap | None,
+    device: torch.device,
+    weights_bytes: int,
+    warm: bool,
+    sp: int = 1,
+    budget=None,
+) -> dict:
     """One size, cache mode and granularity: run the loop (all steps, or the schedule's prefix), return its row.
 
     ``budget(what, estimate_s)`` (optional) says whether the time budget lets a run of that many seconds start.
@@ -346,9 +366,15 @@ def measure(pipe, inputs: dict, size: Sequence[int], mode: str, granularity: str
     config = CacheConfig(mode=mode, interval=interval, taylorseer_order=args.taylorseer_order, granularity=granularity)
     h, w, f = size
     tokens = video_tokens(size, transformer.config)
-    row: dict[str, Any] = {"size": [h, w, f], "video_tokens": tokens, "mode": mode,
-                           "interval": interval if mode != "none" else None,
-                           "granularity": granularity if mode != "none" else None, "sp": sp, "steps": args.steps}
+    row: dict[str, Any] = {
+        "size": [h, w, f],
+        "video_tokens": tokens,
+        "mode": mode,
+        "interval": interval if mode != "none" else None,
+        "granularity": granularity if mode != "none" else None,
+        "sp": sp,
+        "steps": args.steps,
+    }
     full = schedule(args.steps, mode, interval)
     row["schedule_full_passes"], row["schedule_skipped_passes"] = sum(full), len(full) - sum(full)
 
@@ -370,8 +396,11 @@ def measure(pipe, inputs: dict, size: Sequence[int], mode: str, granularity: str
     need = weights_bytes + row["predicted_cache_bytes"] + activations
     if args.predict_oom and mode != "none" and limit is not None and need > limit:
         cache.remove()
-        row.update(status="oom", error=f"predicted, not run: weights + cache history + an uncached pass's activations "
-                                       f"need {need / GIB:.1f} GiB of {limit / GIB:.1f} GiB")
+        row.update(
+            status="oom",
+            error=f"predicted, not run: weights + cache history + an uncached pass's activations "
+            f"need {need / GIB:.1f} GiB of {limit / GIB:.1f} GiB",
+        )
         return row
     name = f"{'x'.join(map(str, size))} {mode}" + (f" ({granularity})" if mode != "none" else "")
     if budget is not None and not budget(name, sum(full[:run_steps]) * (args.full_estimate.get(tuple(size)) or 0.0)):
@@ -395,8 +424,15 @@ def measure(pipe, inputs: dict, size: Sequence[int], mode: str, granularity: str
         sync(device)
         t0 = time.perf_counter()
         latents = pipe(
-            **inputs, height=h, width=w, num_frames=f, num_inference_steps=args.steps, guidance_scale=GUIDANCE,
-            generator=torch.Generator(device="cpu").manual_seed(0), output_type="latent", return_dict=False,
+            **inputs,
+            height=h,
+            width=w,
+            num_frames=f,
+            num_inference_steps=args.steps,
+            guidance_scale=GUIDANCE,
+            generator=torch.Generator(device="cpu").manual_seed(0),
+            output_type="latent",
+            return_dict=False,
             callback_on_step_end=stop,
         )[0]
         sync(device)
@@ -431,8 +467,11 @@ def measure(pipe, inputs: dict, size: Sequence[int], mode: str, granularity: str
     by_depth = {}
     for d in sorted({p["depth"] for p in skipped}):
         at = [p for p in skipped if p["depth"] == d]
-        by_depth[d] = {"skipped_step_s": _mean([p["seconds"] for p in at]),
-                       "forecast_s": _mean([p["forecast_s"] for p in at]), "passes": len(at)}
+        by_depth[d] = {
+            "skipped_step_s": _mean([p["seconds"] for p in at]),
+            "forecast_s": _mean([p["forecast_s"] for p in at]),
+            "passes": len(at),
+        }
     deepest = max(by_depth) if by_depth else None
     other = (loop_s - sum(p["seconds"] for p in passes)) / max(1, len(passes))
 
@@ -465,7 +504,8 @@ def measure(pipe, inputs: dict, size: Sequence[int], mode: str, granularity: str
 
 
 def add_speedups(rows: list[dict]) -> None:
-    """Each cached row against the uncached row of the same size (and sp): derived, and measured where both ran every step."""
+    """Each cached row against the uncached row of the same size (and sp): derived, and measured where both ran
+    every step."""
     base = {(tuple(r["size"]), r["sp"]): r for r in rows if r["mode"] == "none" and r["status"] == "ok"}
     for r in rows:
         b = base.get((tuple(r["size"]), r["sp"]))
@@ -482,8 +522,13 @@ def decode_vae(vae, size: Sequence[int], device: torch.device, dtype: torch.dtyp
     """Tiled decode of a random latent of the size's shape; seconds and peak memory, or oom."""
     h, w, f = size
     c = vae.config.latent_channels
-    shape = (1, c, (f - 1) // vae.config.temporal_compression_ratio + 1,
-             h // vae.config.spatial_compression_ratio, w // vae.config.spatial_compression_ratio)
+    shape = (
+        1,
+        c,
+        (f - 1) // vae.config.temporal_compression_ratio + 1,
+        h // vae.config.spatial_compression_ratio,
+        w // vae.config.spatial_compression_ratio,
+    )
     row: dict[str, Any] = {"size": [h, w, f], "latent_shape": list(shape), "tiling": bool(vae.use_tiling)}
     free_memory(device)
     reset_peak(device)
@@ -545,8 +590,12 @@ def record_attention_kernel(found: dict, min_tokens: int) -> Iterator[None]:
             out = original(query, key, value, *a, **kw)
         names = {e.key for e in prof.key_averages()}
         kernel = next((label for op, label in _SDPA_OPS if any(n.endswith(op) for n in names)), "unknown")
-        found.update(sdpa_kernel=kernel, mask=None if mask is None else f"{str(mask.dtype)[6:]} {list(mask.shape)}",
-                     query=f"{str(query.dtype)[6:]} {list(query.shape)}", ops=sorted(n for n in names if "dot_product" in n))
+        found.update(
+            sdpa_kernel=kernel,
+            mask=None if mask is None else f"{str(mask.dtype)[6:]} {list(mask.shape)}",
+            query=f"{str(query.dtype)[6:]} {list(query.shape)}",
+            ops=sorted(n for n in names if "dot_product" in n),
+        )
         return out
 
     F.scaled_dot_product_attention = probe
@@ -565,7 +614,9 @@ def environment(device: torch.device) -> dict:
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "host": socket.gethostname(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()})",
         "device_type": device.type,
         "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0,
         "flash_attn": None,
@@ -602,8 +653,17 @@ def calibrate_map(pipe, args, granularity: str, device: torch.device, dtype: tor
     try:
         cache.reset()
         inputs = text_inputs(pipe.transformer.config, args.text_tokens, args.text_valid, device, dtype, seed=1)
-        pipe(**inputs, height=h, width=w, num_frames=f, num_inference_steps=args.calib_steps, guidance_scale=GUIDANCE,
-             generator=torch.Generator(device="cpu").manual_seed(1), output_type="latent", return_dict=False)
+        pipe(
+            **inputs,
+            height=h,
+            width=w,
+            num_frames=f,
+            num_inference_steps=args.calib_steps,
+            guidance_scale=GUIDANCE,
+            generator=torch.Generator(device="cpu").manual_seed(1),
+            output_type="latent",
+            return_dict=False,
+        )
         trajectories = probe.trajectories()
     finally:
         cache.remove()
@@ -612,19 +672,34 @@ def calibrate_map(pipe, args, granularity: str, device: torch.device, dtype: tor
         trajectories = {k: v.to(device) for k, v in trajectories.items()}
     weights = step_weights(pipe.scheduler, args.calib_steps)
     solver_map = calibrate(
-        trajectories, num_steps=args.calib_steps, interval=interval, clusters=args.clusters, step_weights=weights,
-        metadata={"model": "hunyuanvideo-random" if not args.scaled_down else "tiny-config-random",
-                  "height": h, "width": w, "num_frames": f, "granularity": granularity,
-                  "probe_tokens": args.probe_tokens, "weighting": "dsigma"},
+        trajectories,
+        num_steps=args.calib_steps,
+        interval=interval,
+        clusters=args.clusters,
+        step_weights=weights,
+        metadata={
+            "model": "hunyuanvideo-random" if not args.scaled_down else "tiny-config-random",
+            "height": h,
+            "width": w,
+            "num_frames": f,
+            "granularity": granularity,
+            "probe_tokens": args.probe_tokens,
+            "weighting": "dsigma",
+        },
     )
     del trajectories
     free_memory(device)
     info = {
         "how": f"project calibration (trajectory probe + cache.calibrate.calibrate, dsigma^2 weights) at {h}x{w}x{f}, "
-               f"{args.calib_steps} steps, N={interval}, {args.probe_tokens} probe tokens, {args.clusters} clusters",
+        f"{args.calib_steps} steps, N={interval}, {args.probe_tokens} probe tokens, {args.clusters} clusters",
         "granularity": granularity,
-        "size": [h, w, f], "steps": args.calib_steps, "interval": interval, "probe_tokens": args.probe_tokens,
-        "probe_s": probe_s, "total_s": time.perf_counter() - t0, "solver_map_id": solver_map.id,
+        "size": [h, w, f],
+        "steps": args.calib_steps,
+        "interval": interval,
+        "probe_tokens": args.probe_tokens,
+        "probe_s": probe_s,
+        "total_s": time.perf_counter() - t0,
+        "solver_map_id": solver_map.id,
         "cluster_solvers": solver_map.metadata.get("cluster_solvers"),
         "cluster_sizes": solver_map.metadata.get("cluster_sizes"),
     }
@@ -648,15 +723,17 @@ class SpeedRank(ShardedModelRank):
         pipe = self.model.pipeline
         weights_bytes = sum(p.numel() * p.element_size() for p in pipe.transformer.parameters())
         solver_map = SolverMap.load(solver_map_path, device=device) if solver_map_path else None
-        inputs = text_inputs(pipe.transformer.config, args.text_tokens, args.text_valid, device, self.model.dtype,
-                             args.seed)
+        inputs = text_inputs(
+            pipe.transformer.config, args.text_tokens, args.text_valid, device, self.model.dtype, args.seed
+        )
         args.full_estimate, args.activation_bytes = {}, {}
         rows = []
         for size in args.sizes:
             warm = False
             for mode in args.modes:
-                row = measure(pipe, inputs, size, mode, args.granularity, args, solver_map, device, weights_bytes,
-                              warm, sp=world)
+                row = measure(
+                    pipe, inputs, size, mode, args.granularity, args, solver_map, device, weights_bytes, warm, sp=world
+                )
                 row.update(ulysses=self.groups.ulysses, ring=self.groups.ring, attention=self.sp.attention_kernel)
                 rows.append(row)
                 warm = warm or row["status"] == "ok"
@@ -665,13 +742,15 @@ class SpeedRank(ShardedModelRank):
 
 def measure_sp(args, world: int, solver_map_path: str | None) -> list[dict]:
     """Rows of one sp degree: every rank measures; a pass takes as long as its slowest rank."""
-    shared = {k: v for k, v in vars(args).items()
-              if k not in ("json", "results_md", "full_estimate", "activation_bytes")}
+    shared = {
+        k: v for k, v in vars(args).items() if k not in ("json", "results_md", "full_estimate", "activation_bytes")
+    }
     shared["sizes"] = [list(s) for s in args.sizes]
     parallel = ParallelConfig(sp=world, attention=args.sp_attention, timeout_s=args.sp_timeout)
     device = "cuda" if args.device_type == "cuda" else "cpu"
-    setup = RankSetup(model=random_weights(family(args.scaled_down)), parallel=parallel, device=device,
-                      threads=args.threads or 1)
+    setup = RankSetup(
+        model=random_weights(family(args.scaled_down)), parallel=parallel, device=device, threads=args.threads or 1
+    )
     try:
         with RankGroup(SpeedRank, setup, world) as group:
             per_rank = group.call_all("measure", shared, solver_map_path)
@@ -687,7 +766,9 @@ def measure_sp(args, world: int, solver_map_path: str | None) -> list[dict]:
         elif any(r["status"] == "oom" for r in rank_rows):
             row["status"] = "oom"
         row["peak_memory_bytes"] = max((r["peak_memory_bytes"] or 0) for r in rank_rows) or None
-        row["attention_calls_in_skipped_passes"] = sum(r.get("attention_calls_in_skipped_passes") or 0 for r in rank_rows)
+        row["attention_calls_in_skipped_passes"] = sum(
+            r.get("attention_calls_in_skipped_passes") or 0 for r in rank_rows
+        )
         merged.append(row)
     return merged
 
@@ -729,7 +810,8 @@ def markdown(result: dict) -> str:
         f"torch {env['torch']} (CUDA {env['cuda']}), diffusers {env['diffusers']}, flash-attn "
         f"{env['flash_attn'] or 'not installed'}; attention: SDPA {attn.get('sdpa_kernel', '?')} kernel, mask "
         f"{attn.get('mask')}; transformer {_params(result['model']['parameters'])} parameters, "
-        f"{result['dtype']}, random weights; text {result['text_tokens']} tokens ({result['text_valid']} unmasked); {steps} steps. "
+        f"{result['dtype']}, random weights; text {result['text_tokens']} tokens ({result['text_valid']} unmasked); "
+        f"{steps} steps. "
         f"HyCa map: {maps}.",
         "",
         f"| size | cache | N | granularity | status | full step s | skipped step s | forecast share of skipped "
@@ -752,11 +834,16 @@ def markdown(result: dict) -> str:
     if result.get("vae"):
         lines += ["", "| size | VAE tiled decode s | status | peak GiB |", "| --- | --- | --- | --- |"]
         for v in result["vae"]:
-            lines.append(f"| {_size(v['size'])} | {_fmt(v.get('decode_s'))} | {v['status']} | {_gib(v['peak_memory_bytes'])} |")
+            lines.append(
+                f"| {_size(v['size'])} | {_fmt(v.get('decode_s'))} | {v['status']} | {_gib(v['peak_memory_bytes'])} |"
+            )
     if result.get("sp"):
-        lines += ["", "| sp | ulysses x ring | size | cache | status | full step s | vs sp 1 | skipped step s "
-                      "| attention calls in skipped passes | peak GiB |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "| sp | ulysses x ring | size | cache | status | full step s | vs sp 1 | skipped step s "
+            "| attention calls in skipped passes | peak GiB |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for r in result["sp"]:
             if "size" not in r:
                 lines.append(f"| {r['sp']} | - | - | - | {r['status']}: {r.get('error', '')} | - | - | - | - | - |")
@@ -790,46 +877,90 @@ def write_json(path: Path, result: dict) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scaled-down", action="store_true",
-                        help="CPU smoke run: the tiny config, small sizes, float32, the whole loop for real")
-    parser.add_argument("--sizes", type=parse_size, nargs="+", default=None,
-                        help="HxWxF (default 544x960x129 720x1280x129; scaled-down 64x64x9 96x96x17)")
-    parser.add_argument("--modes", nargs="+", default=["none", "taylorseer", "hyca"],
-                        choices=["none", "fora", "taylorseer", "foca", "hyca"])
+    parser.add_argument(
+        "--scaled-down",
+        action="store_true",
+        help="CPU smoke run: the tiny config, small sizes, float32, the whole loop for real",
+    )
+    parser.add_argument(
+        "--sizes",
+        type=parse_size,
+        nargs="+",
+        default=None,
+        help="HxWxF (default 544x960x129 720x1280x129; scaled-down 64x64x9 96x96x17)",
+    )
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["none", "taylorseer", "hyca"],
+        choices=["none", "fora", "taylorseer", "foca", "hyca"],
+    )
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--loop", choices=["real", "prefix"], default=None,
-                        help="real: run all --steps steps, loop time measured; prefix: run the schedule's first steps "
-                             "and derive the loop (default: prefix on a GPU, real with --scaled-down)")
+    parser.add_argument(
+        "--loop",
+        choices=["real", "prefix"],
+        default=None,
+        help="real: run all --steps steps, loop time measured; prefix: run the schedule's first steps "
+        "and derive the loop (default: prefix on a GPU, real with --scaled-down)",
+    )
     parser.add_argument("--interval-taylorseer", type=int, default=DEFAULT_INTERVALS["taylorseer"])
     parser.add_argument("--interval-hyca", type=int, default=DEFAULT_INTERVALS["hyca"])
     parser.add_argument("--taylorseer-order", type=int, default=2, choices=[1, 2])
     parser.add_argument("--granularity", default="block", choices=["block", "stack"])
-    parser.add_argument("--no-stack-fallback", dest="stack_fallback", action="store_false",
-                        help="do not rerun a mode that is oom at block granularity with --granularity stack")
-    parser.add_argument("--no-predict-oom", dest="predict_oom", action="store_false",
-                        help="run a configuration even when weights + cache history alone exceed the memory")
+    parser.add_argument(
+        "--no-stack-fallback",
+        dest="stack_fallback",
+        action="store_false",
+        help="do not rerun a mode that is oom at block granularity with --granularity stack",
+    )
+    parser.add_argument(
+        "--no-predict-oom",
+        dest="predict_oom",
+        action="store_false",
+        help="run a configuration even when weights + cache history alone exceed the memory",
+    )
     parser.add_argument("--text-tokens", type=int, default=None, help="text sequence (default 256; scaled-down 16)")
     parser.add_argument("--text-valid", type=int, default=None, help="unmasked text tokens (default 64; scaled-down 8)")
     parser.add_argument("--solver-map", type=Path, default=None, help="a saved map for hyca (default: calibrate)")
-    parser.add_argument("--calib-size", type=parse_size, default=None, help="probe size (default 256x256x33; scaled-down 64x64x9)")
+    parser.add_argument(
+        "--calib-size", type=parse_size, default=None, help="probe size (default 256x256x33; scaled-down 64x64x9)"
+    )
     parser.add_argument("--calib-steps", type=int, default=None, help="probe steps (default --steps)")
-    parser.add_argument("--probe-tokens", type=int, default=None, help="token positions recorded (default 128; scaled-down 32)")
+    parser.add_argument(
+        "--probe-tokens", type=int, default=None, help="token positions recorded (default 128; scaled-down 32)"
+    )
     parser.add_argument("--clusters", type=int, default=8)
     parser.add_argument("--no-vae", action="store_true", help="skip the VAE decode")
     parser.add_argument("--sp", type=int, nargs="+", default=[1], help="sequence-parallel degrees (more than 1 GPU)")
     parser.add_argument("--sp-attention", default="auto", choices=["auto", "torch", "xfuser"])
     parser.add_argument("--sp-timeout", type=float, default=1800.0, help="seconds for one sp degree's ranks")
-    parser.add_argument("--max-memory-gb", type=float, default=None,
-                        help="cap: on CUDA the allocator's limit (torch.cuda.set_per_process_memory_fraction); on CPU "
-                             "weights + the cache's history are checked after every pass (simulated OOM)")
-    parser.add_argument("--time-budget-s", type=float, default=None,
-                        help="skip configurations that would not finish within this many seconds of the start")
+    parser.add_argument(
+        "--max-memory-gb",
+        type=float,
+        default=None,
+        help="cap: on CUDA the allocator's limit (torch.cuda.set_per_process_memory_fraction); on CPU "
+        "weights + the cache's history are checked after every pass (simulated OOM)",
+    )
+    parser.add_argument(
+        "--time-budget-s",
+        type=float,
+        default=None,
+        help="skip configurations that would not finish within this many seconds of the start",
+    )
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available; scaled-down: cpu)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--json", type=Path, default=None, help=f"default {DEFAULT_JSON.relative_to(ROOT)} "
-                        "(scaled-down: benchmarks/results/gpu_speed_scaled_down.json)")
-    parser.add_argument("--results-md", type=Path, default=None,
-                        help=f"table appended here (default {DEFAULT_MD.relative_to(ROOT)}; scaled-down: none)")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help=f"default {DEFAULT_JSON.relative_to(ROOT)} (scaled-down: benchmarks/results/gpu_speed_scaled_down.json)",
+    )
+    parser.add_argument(
+        "--results-md",
+        type=Path,
+        default=None,
+        help=f"table appended here (default {DEFAULT_MD.relative_to(ROOT)}; scaled-down: none)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     small = args.scaled_down
@@ -843,8 +974,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.device_type = args.device or ("cpu" if small or not torch.cuda.is_available() else "cuda")
     args.dtype = "float32" if args.device_type == "cpu" else "bfloat16"
     args.cap_bytes = int(args.max_memory_gb * GIB) if args.max_memory_gb is not None else None
-    args.intervals = {"none": 1, "fora": args.interval_taylorseer, "foca": args.interval_taylorseer,
-                      "taylorseer": args.interval_taylorseer, "hyca": args.interval_hyca}
+    args.intervals = {
+        "none": 1,
+        "fora": args.interval_taylorseer,
+        "foca": args.interval_taylorseer,
+        "taylorseer": args.interval_taylorseer,
+        "hyca": args.interval_hyca,
+    }
     if args.json is None:
         args.json = DEFAULT_JSON.with_name("gpu_speed_scaled_down.json") if small else DEFAULT_JSON
     if args.results_md is None and not small:
@@ -873,8 +1009,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "scaled_down": args.scaled_down,
         "environment": environment(device),
-        "model": {"transformer_config": config, "vae_config": vae_config(args.scaled_down),
-                  "parameters": parameter_count(meta_transformer(config)), "weights": "random, N(0, 1/fan_in)"},
+        "model": {
+            "transformer_config": config,
+            "vae_config": vae_config(args.scaled_down),
+            "parameters": parameter_count(meta_transformer(config)),
+            "weights": "random, N(0, 1/fan_in)",
+        },
         "dtype": args.dtype,
         "steps": args.steps,
         "real_loop": args.real_loop,
@@ -888,8 +1028,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "skipped": [],
     }
     env = result["environment"]
-    print(f"gpu_speed: {env['device']}, torch {env['torch']}, {_params(result['model']['parameters'])} parameters, "
-          f"{args.dtype}, sizes {', '.join('x'.join(map(str, s)) for s in args.sizes)}, {args.steps} steps", flush=True)
+    print(
+        f"gpu_speed: {env['device']}, torch {env['torch']}, {_params(result['model']['parameters'])} parameters, "
+        f"{args.dtype}, sizes {', '.join('x'.join(map(str, s)) for s in args.sizes)}, {args.steps} steps",
+        flush=True,
+    )
 
     t0 = time.perf_counter()
     pipe = build_pipeline(args.scaled_down, device)
@@ -908,8 +1051,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 info = {"how": f"loaded {args.solver_map}", "solver_map_id": smap.id}
             else:
                 smap, info = calibrate_map(pipe, args, granularity, device, dtype)
-                print(f"  calibrated the HyCa map ({granularity}) in {info['total_s']:.1f} s: "
-                      f"{info['cluster_solvers']}", flush=True)
+                print(
+                    f"  calibrated the HyCa map ({granularity}) in {info['total_s']:.1f} s: {info['cluster_solvers']}",
+                    flush=True,
+                )
             path = args.json.with_name(f"{args.json.stem}_solver_map_{granularity}.safetensors")
             smap.save(path)
             info["saved_to"] = str(path)
@@ -934,8 +1079,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     def run(size, mode: str, granularity: str, warm: bool) -> dict:
         smap = solver_map_for(granularity) if mode == "hyca" else None
         with record_attention_kernel(attention, min_tokens=video_tokens(size, config)):
-            row = measure(pipe, inputs, size, mode, granularity, args, smap, device, weights_bytes, warm,
-                          budget=budget)
+            row = measure(pipe, inputs, size, mode, granularity, args, smap, device, weights_bytes, warm, budget=budget)
         if mode == "hyca":
             row["solver_map_id"] = smap.id
         result["rows"].append(row)
@@ -943,9 +1087,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         write_json(args.json, result)
         label = f"{'x'.join(map(str, size))} {mode}" + (f" ({granularity})" if mode != "none" else "")
         if row["status"] == "ok":
-            print(f"  {label}: full {row['full_step_s']:.3g} s, skipped {_fmt(row['skipped_step_s'])} s, "
-                  f"passes {row['full_passes']}/{row['skipped_passes']} of {row['measured_steps']} steps, "
-                  f"peak {_gib(row['peak_memory_bytes'])} GiB", flush=True)
+            print(
+                f"  {label}: full {row['full_step_s']:.3g} s, skipped {_fmt(row['skipped_step_s'])} s, "
+                f"passes {row['full_passes']}/{row['skipped_passes']} of {row['measured_steps']} steps, "
+                f"peak {_gib(row['peak_memory_bytes'])} GiB",
+                flush=True,
+            )
         else:
             print(f"  {label}: {row['status']} ({row.get('error')})", flush=True)
         return row

@@ -31,8 +31,15 @@ from hyca_batch.types import Request
 def measure(args: argparse.Namespace, sp: int, request: Request, solver_map=None) -> dict:
     parallel = ParallelConfig(sp=sp, ulysses=min(args.ulysses, sp) if args.ulysses else None, attention=args.attention)
     cache = CacheConfig(mode=args.cache, interval=args.interval)
-    setup = RankSetup(model=resolve_model(args.model), parallel=parallel, cache=cache, solver_map=solver_map,
-                      device=args.device, threads=args.threads, trace=True)
+    setup = RankSetup(
+        model=resolve_model(args.model),
+        parallel=parallel,
+        cache=cache,
+        solver_map=solver_map,
+        device=args.device,
+        threads=args.threads,
+        trace=True,
+    )
     with RankBackend(setup) as backend:
         backend.generate(request)  # warm-up: first-call allocations, kernel selection
         passes_s, comm_s, full = [], [], 0
@@ -64,8 +71,13 @@ def measure(args: argparse.Namespace, sp: int, request: Request, solver_map=None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sp", type=int, nargs="+", default=None,
-                        help="rank counts (default: 1 and 2, and every power of 2 up to the GPUs present)")
+    parser.add_argument(
+        "--sp",
+        type=int,
+        nargs="+",
+        default=None,
+        help="rank counts (default: 1 and 2, and every power of 2 up to the GPUs present)",
+    )
     parser.add_argument("--model", default="mini")
     parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--width", type=int, default=128)
@@ -86,11 +98,14 @@ def main() -> None:
         most = gpus if gpus else max(2, (os.cpu_count() or 2) // args.threads)
         args.sp = [n for n in (1, 2, 4, 8) if n <= max(2, most)]
     spec = resolve_model(args.model)
-    size = spec.defaults.merged(height=args.height, width=args.width, num_frames=args.frames,
-                                num_inference_steps=args.steps)
+    size = spec.defaults.merged(
+        height=args.height, width=args.width, num_frames=args.frames, num_inference_steps=args.steps
+    )
     request = Request.with_defaults(size, id="bench", prompt="a red circle moving left on a blue background", seed=0)
-    print(f"{spec.name} at {args.width}x{args.height}x{args.frames}, {args.steps} steps, cache {args.cache}, "
-          f"{'%d GPUs' % gpus if gpus else 'CPU, %d thread(s) per rank' % args.threads}")
+    print(
+        f"{spec.name} at {args.width}x{args.height}x{args.frames}, {args.steps} steps, cache {args.cache}, "
+        f"{f'{gpus} GPUs' if gpus else f'CPU, {args.threads} thread(s) per rank'}"
+    )
     solver_map = None
     cache = CacheConfig(mode=args.cache, interval=args.interval)
     if args.cache == "hyca":  # one map for every N (calibration under SP gives the same one)
@@ -102,13 +117,17 @@ def main() -> None:
         r = rows[-1]
         print(f"  sp {sp}: {r['full_step_s'] * 1e3:.1f} ms per full step, {100 * r['comm_share']:.0f}% communicating")
     base = rows[0]["full_step_s"]
-    print(f"\n{'sp':>3} {'ulysses':>7} {'ring':>4} {'step ms':>9} {'vs sp 1':>8} {'comm %':>7} {'coll/step':>9} "
-          f"{'coll in skipped':>15}  attention")
+    print(
+        f"\n{'sp':>3} {'ulysses':>7} {'ring':>4} {'step ms':>9} {'vs sp 1':>8} {'comm %':>7} {'coll/step':>9} "
+        f"{'coll in skipped':>15}  attention"
+    )
     for r in rows:
         r["speedup_vs_1"] = base / r["full_step_s"]
-        print(f"{r['sp']:>3} {r['ulysses']:>7} {r['ring']:>4} {r['full_step_s'] * 1e3:>9.1f} "
-              f"{r['speedup_vs_1']:>7.2f}x {100 * r['comm_share']:>6.1f}% {r['collectives_per_full_step']:>9.0f} "
-              f"{r['collectives_in_skipped_steps']:>15}  {r['attention']}")
+        print(
+            f"{r['sp']:>3} {r['ulysses']:>7} {r['ring']:>4} {r['full_step_s'] * 1e3:>9.1f} "
+            f"{r['speedup_vs_1']:>7.2f}x {100 * r['comm_share']:>6.1f}% {r['collectives_per_full_step']:>9.0f} "
+            f"{r['collectives_in_skipped_steps']:>15}  {r['attention']}"
+        )
     if args.json:
         result = {
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -35,7 +35,9 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         manifest = Path(tmp) / "bench.parquet"
-        pq.write_table(pa.table({"prompt": [f"a red circle moving left, take {i}" for i in range(args.videos)]}), manifest)
+        pq.write_table(
+            pa.table({"prompt": [f"a red circle moving left, take {i}" for i in range(args.videos)]}), manifest
+        )
         for replicas in sorted({1, args.replicas}):
             summary = run_job(
                 JobConfig.from_options(
@@ -60,8 +62,10 @@ def main() -> None:
     print(f"{'replicas':>8} {'videos':>6} {'elapsed s':>9} {'videos/min':>10} {'s/video':>8} {'vs 1':>6}")
     for r in results:
         r["speedup_vs_1"] = round(r["videos_per_minute"] / base, 2) if base else None
-        print(f"{r['replicas']:>8} {r['videos']:>6} {r['elapsed_s']:>9} {r['videos_per_minute']:>10} "
-              f"{r['mean_s_per_video']:>8} {r['speedup_vs_1']:>6}")
+        print(
+            f"{r['replicas']:>8} {r['videos']:>6} {r['elapsed_s']:>9} {r['videos_per_minute']:>10} "
+            f"{r['mean_s_per_video']:>8} {r['speedup_vs_1']:>6}"
+        )
     if args.json:
         args.json.write_text(json.dumps({"model": args.model, "results": results}, indent=2))
 

@@ -44,7 +44,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hyca_batch.training import synthetic as S  # noqa: E402
 from hyca_batch.models.metadata import write_model_metadata  # noqa: E402
 from hyca_batch.models.mini import (  # noqa: E402
     MINI_DEFAULTS,
@@ -55,6 +54,7 @@ from hyca_batch.models.mini import (  # noqa: E402
     latent_preview,
     latent_target,
 )
+from hyca_batch.training import synthetic as S  # noqa: E402
 
 
 def stage_args(args: argparse.Namespace, stage: str) -> dict:
@@ -92,7 +92,9 @@ def clips_for(specs: list[S.ClipSpec], frames: int | None = None) -> np.ndarray:
 
 
 def cosine_lr(total: int, warmup: int, floor: float):
-    return lambda i: min(1.0, (i + 1) / warmup) * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(i, total) / total)))
+    return lambda i: (
+        min(1.0, (i + 1) / warmup) * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(i, total) / total)))
+    )
 
 
 def progress(stage: str, step: int, total: int, t0: float, text: str) -> None:
@@ -150,8 +152,11 @@ def _train_vae(args: argparse.Namespace, work: Path) -> None:
     pipe = build_untrained_mini_pipeline(args.seed)
     vae = pipe.vae.train()
     stage = "vae"
-    log(stage, f"{sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M params, {args.vae_steps} steps of "
-        f"{args.vae_batch} five-frame {args.vae_crop}x{args.vae_crop} crops, latent noise sigma {args.vae_sigma}")
+    log(
+        stage,
+        f"{sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M params, {args.vae_steps} steps of "
+        f"{args.vae_batch} five-frame {args.vae_crop}x{args.vae_crop} crops, latent noise sigma {args.vae_sigma}",
+    )
     specs = S.sample_specs(args.vae_steps * args.vae_batch, args.seed + 1, "train")
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, betas=(0.9, 0.99), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lr(args.vae_steps, 20, 0.05))
@@ -179,17 +184,33 @@ def _train_vae(args: argparse.Namespace, work: Path) -> None:
         sched.step()
         recs.append(rec.item())
         if (step + 1) % 50 == 0 or step + 1 == args.vae_steps:
-            progress(stage, step + 1, args.vae_steps, t0,
-                     f"reconstruction {np.mean(recs[-50:]):.4f} encoder {enc.item():.5f}")
+            progress(
+                stage,
+                step + 1,
+                args.vae_steps,
+                t0,
+                f"reconstruction {np.mean(recs[-50:]):.4f} encoder {enc.item():.5f}",
+            )
         if (step + 1) % 500 == 0 or step + 1 == args.vae_steps:
             mse, ok = vae_roundtrip(vae, args.seed)
             vae.train()
-            log(stage, f"held-out round trip (whole frames): mse {mse:.4f}, color and motion read back for {ok}/32 clips")
+            log(
+                stage,
+                f"held-out round trip (whole frames): mse {mse:.4f}, color and motion read back for {ok}/32 clips",
+            )
             vae.save_pretrained(work / "vae", safe_serialization=True)
-    (work / "vae.json").write_text(json.dumps(
-        {"args": stage_args(args, "vae"), "final_reconstruction_loss": float(np.mean(recs[-50:])), "heldout_roundtrip_mse": mse,
-         "heldout_roundtrip_correct": ok, "heldout_roundtrip_n": 32, "wall_s": round(time.time() - t0)}
-    ))
+    (work / "vae.json").write_text(
+        json.dumps(
+            {
+                "args": stage_args(args, "vae"),
+                "final_reconstruction_loss": float(np.mean(recs[-50:])),
+                "heldout_roundtrip_mse": mse,
+                "heldout_roundtrip_correct": ok,
+                "heldout_roundtrip_n": 32,
+                "wall_s": round(time.time() - t0),
+            }
+        )
+    )
 
 
 # --- transformer -----------------------------------------------------------------------------------
@@ -212,9 +233,12 @@ def encode_prompts(pipe, prompts: list[str]):
 
 @torch.no_grad()
 def latents_for(specs: list[S.ClipSpec], scale: float, batch: int = 64) -> torch.Tensor:
-    return torch.cat(
-        [latent_target(to_video_tensor(clips_for(specs[i : i + batch]))) for i in range(0, len(specs), batch)]
-    ) * scale
+    return (
+        torch.cat(
+            [latent_target(to_video_tensor(clips_for(specs[i : i + batch]))) for i in range(0, len(specs), batch)]
+        )
+        * scale
+    )
 
 
 def sample_sigmas(n: int, gen: torch.Generator) -> torch.Tensor:
@@ -227,8 +251,13 @@ def flow_loss(model, x0, text, sigma, noise, guidance) -> torch.Tensor:
     embeds, pooled, masks = text
     s = sigma.view(-1, 1, 1, 1, 1)
     pred = model(
-        hidden_states=s * noise + (1 - s) * x0, timestep=sigma * 1000.0, encoder_hidden_states=embeds,
-        encoder_attention_mask=masks, pooled_projections=pooled, guidance=guidance, return_dict=False,
+        hidden_states=s * noise + (1 - s) * x0,
+        timestep=sigma * 1000.0,
+        encoder_hidden_states=embeds,
+        encoder_attention_mask=masks,
+        pooled_projections=pooled,
+        guidance=guidance,
+        return_dict=False,
     )[0]
     return (pred - (noise - x0)).pow(2).mean()
 
@@ -250,8 +279,11 @@ def train_transformer(args: argparse.Namespace, work: Path, scale: float, vae_do
     embeds, pooled, masks = encode_prompts(pipe, names)
     prompt_ids = torch.tensor([index[s.prompt] for s in specs])
     held_ids = torch.tensor([index[s.prompt] for s in held])
-    log(stage, f"{len(specs)} clips -> latents {tuple(latents.shape[1:])}, {len(names)} prompts encoded "
-        f"(longest {embeds.shape[1]} tokens) in {time.time() - t0:.0f}s")
+    log(
+        stage,
+        f"{len(specs)} clips -> latents {tuple(latents.shape[1:])}, {len(names)} prompts encoded "
+        f"(longest {embeds.shape[1]} tokens) in {time.time() - t0:.0f}s",
+    )
 
     tr = pipe.transformer.train()
     # The frozen tiny Llama's prompt embeddings are raw token embeddings of std ~0.02: at the default
@@ -264,7 +296,9 @@ def train_transformer(args: argparse.Namespace, work: Path, scale: float, vae_do
             layer.weight.mul_(1.0 / text_std)
     log(stage, f"prompt embedding std {text_std:.4f}: text input layers scaled by {1.0 / text_std:.1f} at init")
     ema = copy.deepcopy(tr).eval().requires_grad_(False)
-    log(stage, f"{sum(p.numel() for p in tr.parameters()) / 1e6:.2f} M params, {args.steps} steps of batch {args.batch}")
+    log(
+        stage, f"{sum(p.numel() for p in tr.parameters()) / 1e6:.2f} M params, {args.steps} steps of batch {args.batch}"
+    )
     opt = torch.optim.AdamW(tr.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lr(args.steps, 50, 0.05))
     gen = torch.Generator().manual_seed(args.seed + 5)
@@ -287,8 +321,14 @@ def train_transformer(args: argparse.Namespace, work: Path, scale: float, vae_do
         idx = torch.randint(len(specs), (args.batch,), generator=gen)
         p = prompt_ids[idx]
         x0 = latents[idx]
-        loss = flow_loss(tr, x0, (embeds[p], pooled[p], masks[p]), sample_sigmas(args.batch, gen),
-                         torch.randn(x0.shape, generator=gen), guidance)
+        loss = flow_loss(
+            tr,
+            x0,
+            (embeds[p], pooled[p], masks[p]),
+            sample_sigmas(args.batch, gen),
+            torch.randn(x0.shape, generator=gen),
+            guidance,
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(tr.parameters(), 1.0)
@@ -300,24 +340,48 @@ def train_transformer(args: argparse.Namespace, work: Path, scale: float, vae_do
                 pe.lerp_(pt, 1 - decay)
         losses.append(loss.item())
         if (step + 1) % 100 == 0 or step + 1 == args.steps:
-            progress(stage, step + 1, args.steps, t0, f"loss {np.mean(losses[-100:]):.4f} lr {sched.get_last_lr()[0]:.1e}")
+            progress(
+                stage, step + 1, args.steps, t0, f"loss {np.mean(losses[-100:]):.4f} lr {sched.get_last_lr()[0]:.1e}"
+            )
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             # Held-out prompts generated with the EMA weights and read straight from the latents
             # (latent_preview), so this stage needs no decoder; the EMA is saved each time.
             pipe.register_modules(transformer=ema)
             with torch.no_grad():
-                held_loss = flow_loss(ema, held_latents, held_text, held_sigma, held_noise,
-                                      torch.full((len(held),), MINI_GUIDANCE * 1000.0)).item()
+                held_loss = flow_loss(
+                    ema,
+                    held_latents,
+                    held_text,
+                    held_sigma,
+                    held_noise,
+                    torch.full((len(held),), MINI_GUIDANCE * 1000.0),
+                ).item()
             acc = evaluate(pipe, preview_scale=scale)
-            history.append({"step": step + 1, "train_loss": float(np.mean(losses[-100:])), "heldout_loss": held_loss,
-                            "heldout_latent_eval": {k: v for k, v in acc.items() if k != "rows"}})
-            log(stage, f"step {step + 1}: held-out flow loss (EMA) {held_loss:.4f}; held-out prompts read from "
-                f"the latents: color {acc['color']:.2f}, motion {acc['motion']:.2f}, both {acc['both']:.2f} (n={acc['n']})")
+            history.append(
+                {
+                    "step": step + 1,
+                    "train_loss": float(np.mean(losses[-100:])),
+                    "heldout_loss": held_loss,
+                    "heldout_latent_eval": {k: v for k, v in acc.items() if k != "rows"},
+                }
+            )
+            log(
+                stage,
+                f"step {step + 1}: held-out flow loss (EMA) {held_loss:.4f}; held-out prompts read from "
+                f"the latents: color {acc['color']:.2f}, motion {acc['motion']:.2f}, both {acc['both']:.2f} "
+                f"(n={acc['n']})",
+            )
             ema.save_pretrained(work / "transformer", safe_serialization=True)
-            (work / "transformer.json").write_text(json.dumps(
-                {"args": stage_args(args, "transformer"), "history": history, "heldout_latent_eval": acc,
-                 "wall_s": round(time.time() - t0)}
-            ))
+            (work / "transformer.json").write_text(
+                json.dumps(
+                    {
+                        "args": stage_args(args, "transformer"),
+                        "history": history,
+                        "heldout_latent_eval": acc,
+                        "wall_s": round(time.time() - t0),
+                    }
+                )
+            )
 
 
 # --- assembly and evaluation -----------------------------------------------------------------------
@@ -328,10 +392,15 @@ def generate(pipe, prompt: str, seed: int, preview_scale: float | None = None) -
     scaling factor), the pooled frames read straight from the latent (no decoder needed)."""
     d = MINI_DEFAULTS
     out = pipe(
-        prompt=prompt, height=d.height, width=d.width, num_frames=d.num_frames,
-        num_inference_steps=d.num_inference_steps, guidance_scale=d.guidance_scale,
+        prompt=prompt,
+        height=d.height,
+        width=d.width,
+        num_frames=d.num_frames,
+        num_inference_steps=d.num_inference_steps,
+        guidance_scale=d.guidance_scale,
         generator=torch.Generator(device="cpu").manual_seed(seed),
-        output_type="latent" if preview_scale else "np", return_dict=False,
+        output_type="latent" if preview_scale else "np",
+        return_dict=False,
     )[0]
     if preview_scale:
         video = (latent_preview(out / preview_scale)[0].permute(1, 2, 3, 0).numpy() + 1) / 2
@@ -344,8 +413,15 @@ def evaluate(pipe, seed: int = 1000, preview_scale: float | None = None) -> dict
     rows = []
     for i, combo in enumerate(S.heldout_test_combinations()):
         m = S.measure_clip(generate(pipe, S.make_prompt(*combo), seed + i, preview_scale))
-        rows.append({"prompt": S.make_prompt(*combo), "color": m.color, "motion": m.motion,
-                     "color_ok": m.color == combo[0], "motion_ok": m.motion == combo[2]})
+        rows.append(
+            {
+                "prompt": S.make_prompt(*combo),
+                "color": m.color,
+                "motion": m.motion,
+                "color_ok": m.color == combo[0],
+                "motion_ok": m.motion == combo[2],
+            }
+        )
     n = len(rows)
     return {
         "n": n,
@@ -369,7 +445,9 @@ def main() -> None:
     ap.add_argument("--vae-batch", type=int, default=4)
     ap.add_argument("--vae-crop", type=int, default=32, help="VAE training crop (pixels, a multiple of 4)")
     ap.add_argument("--vae-lr", type=float, default=2e-3)
-    ap.add_argument("--vae-sigma", type=float, default=0.05, help="posterior std: latent noise the decoder is trained on")
+    ap.add_argument(
+        "--vae-sigma", type=float, default=0.05, help="posterior std: latent noise the decoder is trained on"
+    )
     ap.add_argument("--vae-fg-weight", type=float, default=3.0, help="loss weight of foreground pixels")
     ap.add_argument("--vae-enc-weight", type=float, default=1.0)
     ap.add_argument("--clips", type=int, default=4000, help="training clips for the transformer")
@@ -379,11 +457,19 @@ def main() -> None:
     ap.add_argument("--ema", type=float, default=0.998)
     ap.add_argument("--double-blocks", type=int, default=1)
     ap.add_argument("--single-blocks", type=int, default=2)
-    ap.add_argument("--widen-at", type=int, default=1700,
-                    help="transformer step from which it runs two threads, once the VAE stage has ended")
+    ap.add_argument(
+        "--widen-at",
+        type=int,
+        default=1700,
+        help="transformer step from which it runs two threads, once the VAE stage has ended",
+    )
     ap.add_argument("--eval-every", type=int, default=1500, help="transformer steps between held-out evaluations")
-    ap.add_argument("--stage", choices=("all", "vae", "transformer", "assemble"), default="all",
-                    help="run one stage in this process (work files under OUT.work), or all (both in parallel)")
+    ap.add_argument(
+        "--stage",
+        choices=("all", "vae", "transformer", "assemble"),
+        default="all",
+        help="run one stage in this process (work files under OUT.work), or all (both in parallel)",
+    )
     args = ap.parse_args()
 
     setup_torch(1)
@@ -402,8 +488,10 @@ def main() -> None:
     if args.stage == "all":
         ctx = mp.get_context("spawn")
         vae_done = ctx.Event()
-        procs = [ctx.Process(target=train_vae, args=(args, work, vae_done), name="vae"),
-                 ctx.Process(target=train_transformer, args=(args, work, scale, vae_done), name="transformer")]
+        procs = [
+            ctx.Process(target=train_vae, args=(args, work, vae_done), name="vae"),
+            ctx.Process(target=train_transformer, args=(args, work, scale, vae_done), name="transformer"),
+        ]
         for proc in procs:
             proc.start()
         for proc in procs:
@@ -418,11 +506,16 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     vae = AutoencoderKLHunyuanVideo.from_pretrained(work / "vae")
     vae.register_to_config(scaling_factor=scale)
-    pipe.register_modules(vae=vae.eval(), transformer=HunyuanVideoTransformer3DModel.from_pretrained(work / "transformer").eval())
+    pipe.register_modules(
+        vae=vae.eval(), transformer=HunyuanVideoTransformer3DModel.from_pretrained(work / "transformer").eval()
+    )
     t0 = time.time()
     acc = evaluate(pipe)
-    log("main", f"held-out prompts (n={acc['n']}): color {acc['color']:.2f}, motion {acc['motion']:.2f}, "
-        f"both {acc['both']:.2f} ({time.time() - t0:.0f}s)")
+    log(
+        "main",
+        f"held-out prompts (n={acc['n']}): color {acc['color']:.2f}, motion {acc['motion']:.2f}, "
+        f"both {acc['both']:.2f} ({time.time() - t0:.0f}s)",
+    )
     for row in acc["rows"]:
         log("main", f"  {row['prompt']!r}: {row['color']} {row['motion']}")
     info = {
@@ -443,8 +536,11 @@ def main() -> None:
     write_model_metadata(tmp, MINI_DEFAULTS, preset="mini", **info)
     shutil.rmtree(args.out, ignore_errors=True)
     tmp.rename(args.out)
-    log("main", f"saved {args.out} ({sum(f.stat().st_size for f in args.out.rglob('*') if f.is_file()) / 1e6:.1f} MB) "
-        f"in {(time.time() - t_start) / 60:.1f} min")
+    log(
+        "main",
+        f"saved {args.out} ({sum(f.stat().st_size for f in args.out.rglob('*') if f.is_file()) / 1e6:.1f} MB) "
+        f"in {(time.time() - t_start) / 60:.1f} min",
+    )
 
 
 if __name__ == "__main__":

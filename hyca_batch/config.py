@@ -63,14 +63,24 @@ class CalibrationConfig:
     channels are clustered into ``clusters`` groups, each group takes its best solver (``hyca_batch.cache``)."""
 
     clusters: int = field(default=8, metadata=option("hyca calibration: channel clusters.", min=1))
-    probe_tokens: int = field(default=512, metadata=option("hyca calibration: token positions sampled per feature.",
-                                                           min=1))
-    seed: int = field(default=0, metadata=option(
-        "hyca calibration: seed of the token sample and of k-means (`calibrate`: of the probe's noise too).",
-        name="calibration_seed"))
-    weighting: str = field(default="dsigma", metadata=option(
-        "hyca calibration: dsigma weighs a step's forecast error by the sampler's step size squared; uniform does not.",
-        name="calibration_weighting"))
+    probe_tokens: int = field(
+        default=512, metadata=option("hyca calibration: token positions sampled per feature.", min=1)
+    )
+    seed: int = field(
+        default=0,
+        metadata=option(
+            "hyca calibration: seed of the token sample and of k-means (`calibrate`: of the probe's noise too).",
+            name="calibration_seed",
+        ),
+    )
+    weighting: str = field(
+        default="dsigma",
+        metadata=option(
+            "hyca calibration: dsigma weighs a step's forecast error by the sampler's step size squared; "
+            "uniform does not.",
+            name="calibration_weighting",
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.clusters < 1 or self.probe_tokens < 1:
@@ -87,14 +97,23 @@ class ParallelConfig:
     (``ulysses=None``, ``ring=None``), which is xDiT's advice too.
     """
 
-    sp: int = field(default=1, metadata=option("Sequence parallelism: GPUs per replica, one video spread over them.",
-                                               min=1))
-    ulysses: int | None = field(default=None, metadata=option("SP: Ulysses degree (default: as many as the heads allow)."))
+    sp: int = field(
+        default=1, metadata=option("Sequence parallelism: GPUs per replica, one video spread over them.", min=1)
+    )
+    ulysses: int | None = field(
+        default=None, metadata=option("SP: Ulysses degree (default: as many as the heads allow).")
+    )
     ring: int | None = field(default=None, metadata=option("SP: ring degree (ulysses x ring = sp)."))
-    attention: str = field(default="auto", metadata=option(
-        "SP attention: auto (xfuser on CUDA when installed), torch, xfuser.", name="sp_attention"))
-    timeout_s: float = field(default=600.0, metadata=option(
-        "SP: seconds any collective may take before the video fails.", name="sp_timeout_s", flag="sp-timeout"))
+    attention: str = field(
+        default="auto",
+        metadata=option("SP attention: auto (xfuser on CUDA when installed), torch, xfuser.", name="sp_attention"),
+    )
+    timeout_s: float = field(
+        default=600.0,
+        metadata=option(
+            "SP: seconds any collective may take before the video fails.", name="sp_timeout_s", flag="sp-timeout"
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.sp < 1:
@@ -135,40 +154,56 @@ class ResourceConfig:
     """Where the job runs and what each replica reserves there."""
 
     replicas: int = field(default=1, metadata=option("Model replicas (each with --sp GPUs, or one CPU slot).", min=1))
-    address: str | None = field(default=None, metadata=option(
-        "Ray cluster address (default: RAY_ADDRESS or a local Ray)."))
+    address: str | None = field(
+        default=None, metadata=option("Ray cluster address (default: RAY_ADDRESS or a local Ray).")
+    )
     device: str | None = field(default=None, metadata=option("cuda or cpu (default: cuda when available)."))
-    gpus_per_replica: float | None = field(default=None, metadata=option(
-        "GPUs a replica reserves (default: --sp on a GPU cluster, none on CPU)."))
+    gpus_per_replica: float | None = field(
+        default=None, metadata=option("GPUs a replica reserves (default: --sp on a GPU cluster, none on CPU).")
+    )
     cpus_per_replica: float = field(default=1.0, metadata=option("CPUs reserved per replica (torch threads on CPU)."))
 
     def __post_init__(self) -> None:
         if self.replicas < 1 or self.cpus_per_replica <= 0:
-            raise ValueError(f"--replicas must be >= 1 and --cpus-per-replica > 0, got {self.replicas}, "
-                             f"{self.cpus_per_replica}")
+            raise ValueError(
+                f"--replicas must be >= 1 and --cpus-per-replica > 0, got {self.replicas}, {self.cpus_per_replica}"
+            )
 
 
 @dataclass(frozen=True)
 class JobConfig:
     """One batch job. Recorded, flattened (``options()``), in ``run.json`` under the output."""
 
-    manifests: tuple[str, ...] = field(metadata=option(
-        "Parquet manifest files, directories or globs (local or s3://)."))
-    out: str = field(metadata=option(
-        "Output directory or s3://bucket/prefix (videos/, records/, errors/, run.json, progress.json)."))
-    model: str = field(default="tiny", metadata=option(
-        "Preset (tiny, mini, hunyuanvideo), hub id, or local diffusers directory."))
-    s3_endpoint_url: str | None = field(default=None, metadata=option(
-        "S3-compatible endpoint (MinIO, Ceph, R2, ...); default: AWS_ENDPOINT_URL_S3, else AWS."))
+    manifests: tuple[str, ...] = field(
+        metadata=option("Parquet manifest files, directories or globs (local or s3://).")
+    )
+    out: str = field(
+        metadata=option("Output directory or s3://bucket/prefix (videos/, records/, errors/, run.json, progress.json).")
+    )
+    model: str = field(
+        default="tiny", metadata=option("Preset (tiny, mini, hunyuanvideo), hub id, or local diffusers directory.")
+    )
+    s3_endpoint_url: str | None = field(
+        default=None,
+        metadata=option("S3-compatible endpoint (MinIO, Ceph, R2, ...); default: AWS_ENDPOINT_URL_S3, else AWS."),
+    )
     #: Job-wide generation settings (GenerationDefaults' fields); an unset one is the model's default.
     generation: dict[str, Any] = field(default_factory=dict)
     cache: CacheConfig = CacheConfig()
-    solver_map: str | None = field(default=None, metadata=option(
-        "hyca: solver map from `hyca-batch calibrate` (default: calibrate on the first prompt, stored with the "
-        "outputs)."))
+    solver_map: str | None = field(
+        default=None,
+        metadata=option(
+            "hyca: solver map from `hyca-batch calibrate` (default: calibrate on the first prompt, stored with the "
+            "outputs)."
+        ),
+    )
     calibration: CalibrationConfig = CalibrationConfig()
-    baseline_every: int = field(default=0, metadata=option(
-        "Also generate every K-th video uncached and record measured speedup, PSNR and SSIM (0: never).", min=0))
+    baseline_every: int = field(
+        default=0,
+        metadata=option(
+            "Also generate every K-th video uncached and record measured speedup, PSNR and SSIM (0: never).", min=0
+        ),
+    )
     parallel: ParallelConfig = ParallelConfig()
     resources: ResourceConfig = ResourceConfig()
     max_attempts: int = field(default=3, metadata=option("Tries per video, counted across re-runs.", min=1))

@@ -21,8 +21,9 @@ import math
 import os
 import re
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -242,9 +243,7 @@ def _extra_schema(tables: list[tuple[str, pa.Table]], problems: list[str]) -> pa
                 fields[name] = (f, path)
             elif not (pat.is_null(f.type) or f.type == fields[name][0].type):
                 first, first_path = fields[name]
-                problems.append(
-                    f"{path}: field '{name}': type {f.type} differs from {first.type} in {first_path}"
-                )
+                problems.append(f"{path}: field '{name}': type {f.type} differs from {first.type} in {first_path}")
     return pa.schema([f.with_nullable(True) for f, _ in fields.values()])
 
 
@@ -306,7 +305,9 @@ def _resolve_rows(
             errors.append(("num_inference_steps", f"must be between 1 and 1000, got {params['num_inference_steps']}"))
         if "fps" in params and not 1 <= params["fps"] <= 240:
             errors.append(("fps", f"must be between 1 and 240, got {params['fps']}"))
-        if "guidance_scale" in params and not (math.isfinite(params["guidance_scale"]) and params["guidance_scale"] >= 0):
+        if "guidance_scale" in params and not (
+            math.isfinite(params["guidance_scale"]) and params["guidance_scale"] >= 0
+        ):
             errors.append(("guidance_scale", f"must be a finite number >= 0, got {params['guidance_scale']}"))
 
         seed_value = cols.get("seed", [None] * n)[row]

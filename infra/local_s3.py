@@ -37,15 +37,21 @@ def main() -> None:
     server = ThreadedMotoServer(ip_address=args.host, port=port, verbose=False)
     server.start()
     endpoint = f"http://{args.host}:{port}"
-    for var, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                       ("AWS_DEFAULT_REGION", "us-east-1")):
+    for var, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
         os.environ.setdefault(var, value)
     client = boto3.client("s3", endpoint_url=endpoint)
     for bucket in args.bucket:
         client.create_bucket(Bucket=bucket)
     print(f"endpoint {endpoint}", flush=True)
-    print(f"  export AWS_ENDPOINT_URL_S3={endpoint} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing "
-          f"AWS_DEFAULT_REGION=us-east-1", flush=True)
+    print(
+        f"  export AWS_ENDPOINT_URL_S3={endpoint} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing "
+        f"AWS_DEFAULT_REGION=us-east-1",
+        flush=True,
+    )
     if args.bucket:
         print(f"  buckets: {', '.join(args.bucket)}", flush=True)
     stop = threading.Event()

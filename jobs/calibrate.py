@@ -1,6 +1,6 @@
 """`ray job submit` entrypoint for HyCa calibration: the same options as `hyca-batch calibrate`.
 
-    ray job submit --working-dir . -- python jobs/calibrate.py --model hunyuanvideo --out map.safetensors
+ray job submit --working-dir . -- python jobs/calibrate.py --model hunyuanvideo --out map.safetensors
 """
 
 import sys

@@ -1,6 +1,6 @@
 """`ray job submit` entrypoint for the cost report: the same options as `hyca-batch report`.
 
-    ray job submit --working-dir . -- python jobs/cost_report.py s3://bucket/runs/run1 --out s3://bucket/reports/run1
+ray job submit --working-dir . -- python jobs/cost_report.py s3://bucket/runs/run1 --out s3://bucket/reports/run1
 """
 
 import sys

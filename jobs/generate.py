@@ -1,6 +1,6 @@
 """`ray job submit` entrypoint for the batch job: the same options as `hyca-batch run`.
 
-    ray job submit --working-dir . -- python jobs/generate.py MANIFEST --out DIR
+ray job submit --working-dir . -- python jobs/generate.py MANIFEST --out DIR
 """
 
 import sys

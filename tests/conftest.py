@@ -69,12 +69,19 @@ def s3(tmp_path_factory):
     Credentials go into this process's environment (any value works for moto), so the Ray workers that the
     test modules start afterwards inherit them, as workers on a real cluster get them from theirs.
     """
-    for var, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                       ("AWS_DEFAULT_REGION", "us-east-1")):
+    for var, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
         os.environ[var] = value
     log = open(tmp_path_factory.mktemp("s3") / "moto.log", "w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "infra" / "local_s3.py"), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=log, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "infra" / "local_s3.py"), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
     line = proc.stdout.readline()
     assert line.startswith("endpoint "), f"local S3 did not start: {line!r}"
     yield LocalS3(line.split()[1])

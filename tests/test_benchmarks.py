@@ -107,10 +107,35 @@ def test_cache_quality_quick(quick):
 def test_sp_scaling_runs_one_and_two_ranks(tmp_path):
     out = tmp_path / "sp_scaling.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "sp_scaling.py"), "--model", "tiny", "--height", "64",
-         "--width", "64", "--frames", "9", "--steps", "4", "--cache", "taylorseer", "--interval", "2",
-         "--repeats", "1", "--sp", "1", "2", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=280,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "sp_scaling.py"),
+            "--model",
+            "tiny",
+            "--height",
+            "64",
+            "--width",
+            "64",
+            "--frames",
+            "9",
+            "--steps",
+            "4",
+            "--cache",
+            "taylorseer",
+            "--interval",
+            "2",
+            "--repeats",
+            "1",
+            "--sp",
+            "1",
+            "2",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
     )
     assert proc.returncode == 0, f"benchmark failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     result = json.loads(out.read_text())

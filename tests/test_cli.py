@@ -16,8 +16,9 @@ CLI = [sys.executable, "-m", "hyca_batch.cli"]
 
 
 def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})}, cwd=cwd)
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}, cwd=cwd
+    )
 
 
 def test_a_bad_manifest_file_stops_the_job_before_any_model_work(tmp_path):
@@ -58,9 +59,9 @@ def test_demo_end_to_end(ray_session, tmp_path):
     assert (tmp_path / "demo" / "report" / "report.html").stat().st_size > 10_000
     # The demo runs the trained mini model: its videos show what their prompts say (the mp4s decoded back,
     # so this also covers the encoder). One of the four may miss (the learned-model test has the numbers).
-    from hyca_batch.training import synthetic as S
     from hyca_batch.records import read_records
     from hyca_batch.storage import open_storage
+    from hyca_batch.training import synthetic as S
 
     table = read_records(open_storage(str(tmp_path / "demo")))
     assert set(table.column("model").to_pylist()) == {"mini"}
@@ -77,8 +78,13 @@ def test_demo_end_to_end(ray_session, tmp_path):
 
 
 def test_jobs_entrypoint_takes_the_run_options(tmp_path):
-    proc = subprocess.run([sys.executable, "jobs/generate.py", "--help"], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "jobs/generate.py", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+    )
     assert proc.returncode == 0 and "--replicas" in proc.stdout and "--out" in proc.stdout
 
 
@@ -90,8 +96,9 @@ def test_run_with_a_relative_model_directory_and_output(ray_session, tmp_path, w
     save_tiny_pipeline(tmp_path / "mymodel")
     write_manifest("m.parquet", prompt=["a green square moving up", "a red circle moving left"])
     env = {"RAY_ADDRESS": ray_session.get_runtime_context().gcs_address, "HF_HUB_OFFLINE": "1"}
-    proc = run_cli("run", "m.parquet", "--out", "out", "--model", "mymodel", "--steps", "2", "--no-progress",
-                   env=env, cwd=tmp_path)
+    proc = run_cli(
+        "run", "m.parquet", "--out", "out", "--model", "mymodel", "--steps", "2", "--no-progress", env=env, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     records = read_records(open_storage(str(tmp_path / "out"))).to_pylist()
     assert len(records) == 2

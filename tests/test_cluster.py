@@ -83,19 +83,23 @@ def _strict(node: Any) -> Any:
     return node
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _crd(filename: str) -> tuple[str, str, jsonschema.protocols.Validator]:
     (crd,) = _docs(SCHEMAS / filename)
     (version,) = [v for v in crd["spec"]["versions"] if v.get("storage")]
     schema = _strict(version["schema"]["openAPIV3Schema"])
     jsonschema.Draft202012Validator.check_schema(schema)
-    return f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"], jsonschema.Draft202012Validator(schema)
+    return (
+        f"{crd['spec']['group']}/{version['name']}",
+        crd["spec"]["names"]["kind"],
+        jsonschema.Draft202012Validator(schema),
+    )
 
 
 CRD_FILES = {"RayCluster": "ray.io_rayclusters.extract.yaml", "RayJob": "ray.io_rayjobs.extract.yaml"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _k8s_validator(filename: str) -> jsonschema.protocols.Validator:
     """Kubernetes' strict JSON schema for one type, as kubernetes-validate resolves it."""
     from kubernetes_validate.utils import schema_contents
@@ -129,7 +133,9 @@ def _pod_templates(doc: dict) -> dict[str, dict]:
 
 def _kuberay_errors(doc: dict) -> list[str]:
     api_version, kind, validator = _crd(CRD_FILES[doc["kind"]])
-    errors = [] if doc.get("apiVersion") == api_version else [f"apiVersion {doc.get('apiVersion')!r}, want {api_version}"]
+    errors = (
+        [] if doc.get("apiVersion") == api_version else [f"apiVersion {doc.get('apiVersion')!r}, want {api_version}"]
+    )
     errors += _errors(validator, doc)
     for name, template in _pod_templates(doc).items():
         errors += [f"{name} template: {e}" for e in _errors(_k8s_validator("podtemplatespec-v1.json"), template)]
@@ -150,8 +156,12 @@ def _workers(cluster: dict) -> list[dict]:
 def test_every_yaml_under_cluster_parses():
     paths = _cluster_yaml()
     assert {p.name for p in paths} >= {
-        "raycluster.yaml", "rayjob.yaml", "ray-up-aws.yaml", "s3-secret.example.yaml",
-        "ray.io_rayclusters.extract.yaml", "ray.io_rayjobs.extract.yaml",
+        "raycluster.yaml",
+        "rayjob.yaml",
+        "ray-up-aws.yaml",
+        "s3-secret.example.yaml",
+        "ray.io_rayclusters.extract.yaml",
+        "ray.io_rayjobs.extract.yaml",
     }
     for path in paths:
         docs = _docs(path)
@@ -185,19 +195,37 @@ def _rename(doc: dict, path: str, new_key: str) -> dict:
 
 BROKEN = [
     ("RayCluster", lambda d: _rename(d, "spec.workerGroupSpecs.0.maxReplicas", "maxReplica"), "misspelled key"),
-    ("RayCluster", lambda d: _rename(d, "spec.enableInTreeAutoscaling", "enableInTreeAutoScaling"),
-     "misspelled optional key"),
+    (
+        "RayCluster",
+        lambda d: _rename(d, "spec.enableInTreeAutoscaling", "enableInTreeAutoScaling"),
+        "misspelled optional key",
+    ),
     ("RayCluster", lambda d: _set(d, "spec.workerGroupSpecs.0.minReplicas", "1"), "string for an integer"),
-    ("RayCluster", lambda d: _set(d, "spec.workerGroupSpecs.0.rayStartParams.num-gpus", 8), "rayStartParams must be strings"),
+    (
+        "RayCluster",
+        lambda d: _set(d, "spec.workerGroupSpecs.0.rayStartParams.num-gpus", 8),
+        "rayStartParams must be strings",
+    ),
     ("RayCluster", lambda d: _set(d, "spec.autoscalerOptions.upscalingMode", "Fast"), "value outside the enum"),
     ("RayCluster", lambda d: _set(d, "spec.headGroupSpec", None), "required field missing"),
     ("RayCluster", lambda d: _set(d, "apiVersion", "ray.io/v1alpha2"), "wrong API version"),
-    ("RayCluster", lambda d: _rename(d, "spec.workerGroupSpecs.0.template.spec.containers.0.resources", "resource"),
-     "misspelled key in a pod template"),
-    ("RayCluster", lambda d: _set(d, "spec.headGroupSpec.template.spec.volumes.0.emptyDir.sizeLimit", [8]),
-     "wrong type in a pod template"),
-    ("RayCluster", lambda d: _rename(d, "spec.headGroupSpec.template.spec.containers.0.env.0.valueFrom.secretKeyRef",
-                                     "secretKeyref"), "misspelled secret reference"),
+    (
+        "RayCluster",
+        lambda d: _rename(d, "spec.workerGroupSpecs.0.template.spec.containers.0.resources", "resource"),
+        "misspelled key in a pod template",
+    ),
+    (
+        "RayCluster",
+        lambda d: _set(d, "spec.headGroupSpec.template.spec.volumes.0.emptyDir.sizeLimit", [8]),
+        "wrong type in a pod template",
+    ),
+    (
+        "RayCluster",
+        lambda d: _rename(
+            d, "spec.headGroupSpec.template.spec.containers.0.env.0.valueFrom.secretKeyRef", "secretKeyref"
+        ),
+        "misspelled secret reference",
+    ),
     ("RayJob", lambda d: _rename(d, "spec.entrypoint", "entryPoint"), "misspelled required key"),
     ("RayJob", lambda d: _set(d, "spec.shutdownAfterJobFinishes", "false"), "string for a boolean"),
 ]
@@ -304,7 +332,7 @@ def _entrypoint(manifests) -> tuple[Path, list[str]]:
     copied = [(src, target) for src, target in stage["copies"] if script == target or script.startswith(target + "/")]
     assert copied, f"{script} is not COPYed into the final stage"
     src, target = copied[0]
-    path = ROOT / src / script[len(target):].lstrip("/")
+    path = ROOT / src / script[len(target) :].lstrip("/")
     assert path.is_file(), path
     return path, args
 
@@ -375,7 +403,7 @@ def _dockerfile_args() -> dict[str, str]:
     return args
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _stages_cached() -> tuple:
     from dockerfile_parse import DockerfileParser
 
@@ -447,11 +475,23 @@ def test_dockerfile_stages_and_copy_sources_exist():
 
 
 def test_dockerignore_keeps_local_state_out():
-    for path in (".venv/bin/python", "outputs/demo/run.json", ".git/HEAD", "hyca_batch/models/weights/mini.work/x",
-                 "hyca_batch/__pycache__/cli.cpython-311.pyc", ".pytest_cache/v", "cluster/s3-secret.yaml"):
+    for path in (
+        ".venv/bin/python",
+        "outputs/demo/run.json",
+        ".git/HEAD",
+        "hyca_batch/models/weights/mini.work/x",
+        "hyca_batch/__pycache__/cli.cpython-311.pyc",
+        ".pytest_cache/v",
+        "cluster/s3-secret.yaml",
+    ):
         assert _dockerignored(path), path
-    for path in ("hyca_batch/cli.py", "hyca_batch/models/weights/mini/model_index.json", "jobs/generate.py",
-                 "pyproject.toml", "cluster/s3-secret.example.yaml"):
+    for path in (
+        "hyca_batch/cli.py",
+        "hyca_batch/models/weights/mini/model_index.json",
+        "jobs/generate.py",
+        "pyproject.toml",
+        "cluster/s3-secret.example.yaml",
+    ):
         assert not _dockerignored(path), path
 
 

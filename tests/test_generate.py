@@ -7,13 +7,22 @@ import dataclasses
 import numpy as np
 import pytest
 
-from hyca_batch.pipeline.generate import VideoGenerator
-from hyca_batch.types import Request
 from hyca_batch.models import load_model
 from hyca_batch.models.tiny import save_tiny_pipeline
+from hyca_batch.pipeline.generate import VideoGenerator
+from hyca_batch.types import Request
 
-REQUEST = Request(id="r1", prompt="a red circle moving left", seed=11, height=64, width=80, num_frames=5,
-                  num_inference_steps=3, guidance_scale=6.0, fps=8)
+REQUEST = Request(
+    id="r1",
+    prompt="a red circle moving left",
+    seed=11,
+    height=64,
+    width=80,
+    num_frames=5,
+    num_inference_steps=3,
+    guidance_scale=6.0,
+    fps=8,
+)
 
 
 @pytest.fixture(scope="module")

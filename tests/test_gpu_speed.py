@@ -54,10 +54,22 @@ def runs(tmp_path_factory):
     # schedule's prefix only (the loop derived, as on a GPU), and the out-of-memory exception really raised.
     row = next(r for r in first["rows"] if r["size"] == LARGE and r["mode"] == "taylorseer")
     cap = first["model"]["transformer_bytes"] + row["cache_bytes"] // 2
-    second = gpu_speed.main([
-        "--scaled-down", "--json", str(tmp / "b.json"), "--results-md", str(md), "--threads", "1", "--loop", "prefix",
-        "--max-memory-gb", repr(cap / GIB), "--no-predict-oom",
-    ])
+    second = gpu_speed.main(
+        [
+            "--scaled-down",
+            "--json",
+            str(tmp / "b.json"),
+            "--results-md",
+            str(md),
+            "--threads",
+            "1",
+            "--loop",
+            "prefix",
+            "--max-memory-gb",
+            repr(cap / GIB),
+            "--no-predict-oom",
+        ]
+    )
     return first, second, md, tmp
 
 
@@ -69,7 +81,7 @@ def test_every_mode_runs_the_schedule_and_forecasts_without_attention(runs):
     rows = {(tuple(r["size"]), r["mode"]): r for r in first["rows"]}
     assert set(rows) == {(tuple(s), m) for s in (SMALL, LARGE) for m in ("none", "taylorseer", "hyca")}
     expected_full = {"none": 50, "taylorseer": 10, "hyca": 9}  # steps 0, 5, ..., 45 and 0, 6, ..., 48
-    for (size, mode), r in rows.items():
+    for (_size, mode), r in rows.items():
         assert r["status"] == "ok" and r["finite"] and r["loop"] == "measured" and r["measured_steps"] == 50
         assert (r["full_passes"], r["skipped_passes"]) == (expected_full[mode], 50 - expected_full[mode])
         assert (r["schedule_full_passes"], r["schedule_skipped_passes"]) == (r["full_passes"], r["skipped_passes"])

@@ -12,11 +12,11 @@ import torch
 from hyca_batch.cache import SolverMap
 from hyca_batch.cache.calibrate import forecast_errors
 from hyca_batch.cache.schedule import schedule_full_steps
-from hyca_batch.config import CacheConfig, CalibrationConfig
-from hyca_batch.pipeline.calibration import calibrate_model, record_trajectories, step_weights
 from hyca_batch.cache.solvers import SOLVERS
-from hyca_batch.types import Request
+from hyca_batch.config import CacheConfig, CalibrationConfig
 from hyca_batch.models import load_model
+from hyca_batch.pipeline.calibration import calibrate_model, record_trajectories, step_weights
+from hyca_batch.types import Request
 
 STEPS, INTERVAL = 16, 4
 CACHE = CacheConfig(mode="hyca", interval=INTERVAL)
@@ -24,8 +24,17 @@ CONFIG = CalibrationConfig(clusters=4, probe_tokens=64)
 
 
 def request(prompt: str, seed: int) -> Request:
-    return Request(id="p", prompt=prompt, seed=seed, height=64, width=64, num_frames=9,
-                   num_inference_steps=STEPS, guidance_scale=6.0, fps=8)
+    return Request(
+        id="p",
+        prompt=prompt,
+        seed=seed,
+        height=64,
+        width=64,
+        num_frames=9,
+        num_inference_steps=STEPS,
+        guidance_scale=6.0,
+        fps=8,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +52,9 @@ def test_calibration_is_deterministic_and_covers_every_cached_module(model, smap
     assert again.id == smap.id
     assert all(torch.equal(smap.channel_cluster[k], again.channel_cluster[k]) for k in smap.channel_cluster)
     transformer = model.pipeline.transformer
-    assert len(smap.channel_cluster) == 4 * len(transformer.transformer_blocks) + len(transformer.single_transformer_blocks)
+    assert len(smap.channel_cluster) == 4 * len(transformer.transformer_blocks) + len(
+        transformer.single_transformer_blocks
+    )
     assert smap.metadata["interval"] == INTERVAL and smap.metadata["weighting"] == "dsigma"
     assert getattr(transformer, "_hyca_cache", None) is None  # the probe uninstalled itself
 
@@ -74,9 +85,27 @@ def test_hyca_forecasts_a_held_out_prompt_no_worse_than_any_uniform_solver(model
 
 def test_calibrate_command_writes_a_loadable_map(tmp_path):
     out = tmp_path / "map.safetensors"
-    proc = subprocess.run([sys.executable, "-m", "hyca_batch.cli", "calibrate", "--out", str(out), "--steps", "12",
-                           "--interval", "3", "--clusters", "3", "--probe-tokens", "32"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hyca_batch.cli",
+            "calibrate",
+            "--out",
+            str(out),
+            "--steps",
+            "12",
+            "--interval",
+            "3",
+            "--clusters",
+            "3",
+            "--probe-tokens",
+            "32",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     smap = SolverMap.load(out)
     assert smap.metadata["interval"] == 3 and len(smap.cluster_solver) == 3
@@ -91,7 +120,15 @@ def test_a_map_for_another_granularity_is_refused_before_any_video(ray_session, 
     path = tmp_path / "map.safetensors"
     smap.save(path)
     manifest = write_manifest(prompt=["a red circle"])
-    config = JobConfig.from_options(manifests=[manifest], out=str(tmp_path / "out"), cache="hyca", solver_map=str(path),
-                       granularity="stack", interval=INTERVAL, num_inference_steps=STEPS, progress=False)
+    config = JobConfig.from_options(
+        manifests=[manifest],
+        out=str(tmp_path / "out"),
+        cache="hyca",
+        solver_map=str(path),
+        granularity="stack",
+        interval=INTERVAL,
+        num_inference_steps=STEPS,
+        progress=False,
+    )
     with pytest.raises(JobError, match="no entry for module 'stack.img'"):
         run_job(config)

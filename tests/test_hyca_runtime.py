@@ -7,15 +7,24 @@ import dataclasses
 import pytest
 import torch
 
-from hyca_batch.pipeline.generate import VideoGenerator
 from hyca_batch.cache import SolverMap, apply_feature_cache, cached_modules
-from hyca_batch.config import CACHE_MODES, CacheConfig
 from hyca_batch.cache.solvers import SOLVERS
-from hyca_batch.types import Request
+from hyca_batch.config import CACHE_MODES, CacheConfig
 from hyca_batch.models import load_model
+from hyca_batch.pipeline.generate import VideoGenerator
+from hyca_batch.types import Request
 
-REQUEST = Request(id="c", prompt="a red circle moving left on a blue background", seed=3, height=64, width=64,
-                  num_frames=9, num_inference_steps=12, guidance_scale=6.0, fps=8)
+REQUEST = Request(
+    id="c",
+    prompt="a red circle moving left on a blue background",
+    seed=3,
+    height=64,
+    width=64,
+    num_frames=9,
+    num_inference_steps=12,
+    guidance_scale=6.0,
+    fps=8,
+)
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +124,15 @@ def test_cond_and_uncond_contexts_keep_separate_histories(model):
 
     def call(context, e, p, m, t):
         with transformer.cache_context(context):
-            return transformer(hidden_states=latents, timestep=torch.tensor([t]), encoder_hidden_states=e,
-                               encoder_attention_mask=m, pooled_projections=p, guidance=guidance,
-                               return_dict=False)[0]
+            return transformer(
+                hidden_states=latents,
+                timestep=torch.tensor([t]),
+                encoder_hidden_states=e,
+                encoder_attention_mask=m,
+                pooled_projections=p,
+                guidance=guidance,
+                return_dict=False,
+            )[0]
 
     timesteps = [1000.0 - 80.0 * i for i in range(10)]
     config = CacheConfig(mode="taylorseer", interval=3)
@@ -147,7 +162,14 @@ def test_hyca_without_a_map_or_with_a_foreign_map_is_a_clear_error(model):
 def test_cache_removal_restores_the_plain_model(model, uncached):
     generate(model, CacheConfig(mode="fora", interval=4))
     assert getattr(model.pipeline.transformer, "_hyca_cache", None) is None
-    plain = model.pipeline(prompt="a red circle moving left on a blue background", height=64, width=64, num_frames=9,
-                           num_inference_steps=12, generator=torch.Generator().manual_seed(3), output_type="latent",
-                           return_dict=False)[0]
+    plain = model.pipeline(
+        prompt="a red circle moving left on a blue background",
+        height=64,
+        width=64,
+        num_frames=9,
+        num_inference_steps=12,
+        generator=torch.Generator().manual_seed(3),
+        output_type="latent",
+        return_dict=False,
+    )[0]
     assert torch.equal(plain.float(), uncached.latents)

@@ -11,16 +11,18 @@ import pyarrow as pa
 import pytest
 
 from hyca_batch.config import JobConfig
+from hyca_batch.job import JobError, run_job
 from hyca_batch.pipeline.encode import decode_mp4
 from hyca_batch.records import OPTIONAL_FIELDS, RECORD_SCHEMA, read_records
-from hyca_batch.job import JobError, run_job
 from hyca_batch.storage import open_storage
 
 STEPS = 3
 
 
 def config(manifest: str, out: Path, **kw) -> JobConfig:
-    return JobConfig.from_options(manifests=[manifest], out=str(out), model="tiny", progress=False, num_inference_steps=STEPS, **kw)
+    return JobConfig.from_options(
+        manifests=[manifest], out=str(out), model="tiny", progress=False, num_inference_steps=STEPS, **kw
+    )
 
 
 def test_end_to_end_videos_records_and_errors(ray_session, write_manifest, tmp_path):
@@ -117,8 +119,10 @@ def test_replicas_that_cannot_load_the_model_stop_the_job_with_the_cause(ray_ses
 def test_hyca_job_calibrates_once_records_the_cache_and_baselines(ray_session, write_manifest, tmp_path):
     manifest = write_manifest(prompt=["a red circle moving left", "a green square moving up", "a blue circle"])
     out = tmp_path / "out"
-    cfg = dataclasses.replace(config(manifest, out, cache="hyca", interval=3, clusters=3, baseline_every=2),
-                              generation={"num_inference_steps": 9})
+    cfg = dataclasses.replace(
+        config(manifest, out, cache="hyca", interval=3, clusters=3, baseline_every=2),
+        generation={"num_inference_steps": 9},
+    )
     summary = run_job(cfg)
     assert summary.done == 3 and summary.failed == 0
     map_file = out / "solver_map.safetensors"
@@ -138,8 +142,10 @@ def test_hyca_job_calibrates_once_records_the_cache_and_baselines(ray_session, w
 
     # A resumed run with one more prompt reuses the stored map instead of calibrating again.
     before = map_file.read_bytes()
-    manifest2 = write_manifest("more.parquet", prompt=["a red circle moving left", "a green square moving up",
-                                                       "a blue circle", "a yellow triangle"])
+    manifest2 = write_manifest(
+        "more.parquet",
+        prompt=["a red circle moving left", "a green square moving up", "a blue circle", "a yellow triangle"],
+    )
     cfg2 = dataclasses.replace(cfg, manifests=[manifest2])
     again = run_job(cfg2)
     assert (again.done, again.skipped) == (1, 3)

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hyca_batch.types import GenerationDefaults
 from hyca_batch.manifest import ManifestError, default_id, default_seed, expand_inputs, read_manifest
+from hyca_batch.types import GenerationDefaults
 
 DEFAULTS = GenerationDefaults(height=64, width=64, num_frames=9, num_inference_steps=4, guidance_scale=6.0, fps=8)
 
@@ -49,8 +49,16 @@ def test_defaults_ids_and_extra_columns(tmp_path):
 
 
 def test_id_depends_on_generation_parameters():
-    base = {"prompt": "p", "seed": None, "height": 64, "width": 64, "num_frames": 9,
-            "num_inference_steps": 4, "guidance_scale": 6.0, "fps": 8}
+    base = {
+        "prompt": "p",
+        "seed": None,
+        "height": 64,
+        "width": 64,
+        "num_frames": 9,
+        "num_inference_steps": 4,
+        "guidance_scale": 6.0,
+        "fps": 8,
+    }
     assert default_id(base, False) == default_id(dict(base), False)
     assert default_id(base, False) != default_id({**base, "height": 128}, False)
     assert default_id({**base, "seed": 1}, True) != default_id({**base, "seed": 2}, True)
@@ -60,8 +68,20 @@ def test_bad_rows_become_row_errors_and_good_rows_remain(tmp_path):
     path = write(
         tmp_path / "bad.parquet",
         {
-            "prompt": ["ok one", "", None, "x" * 5000, "ok two", "bad size", "bad frames", "neg seed",
-                       "frac seed", "bad id", "ok three", "bad steps"],
+            "prompt": [
+                "ok one",
+                "",
+                None,
+                "x" * 5000,
+                "ok two",
+                "bad size",
+                "bad frames",
+                "neg seed",
+                "frac seed",
+                "bad id",
+                "ok three",
+                "bad steps",
+            ],
             "seed": pa.array([1, 2, 3, 4, 5, 6, 7, -1, 1.5, 10, 11, 12], type=pa.float64()),
             "height": pa.array([None, None, None, None, None, 60, None, None, None, None, None, None], type=pa.int64()),
             "num_frames": pa.array([None] * 6 + [8] + [None] * 5, type=pa.int64()),
@@ -114,9 +134,14 @@ def test_conflicting_duplicate_ids_are_rejected_everywhere_identical_rows_merge(
         (lambda d: write(d / "np.parquet", {"text": ["hi"]}), "field 'prompt': required column is missing"),
         (lambda d: write(d / "ty.parquet", {"prompt": ["hi"], "height": ["64"]}), "field 'height': column type string"),
         (lambda d: write(d / "pt.parquet", {"prompt": [1, 2]}), "field 'prompt': column type int64"),
-        (lambda d: write(d / "rs.parquet", {"prompt": ["hi"], "status": ["x"]}), "field 'status': the name is reserved"),
-        (lambda d: (d / "junk.parquet").write_bytes(b"this is not parquet") and str(d / "junk.parquet"),
-         "not a readable Parquet file"),
+        (
+            lambda d: write(d / "rs.parquet", {"prompt": ["hi"], "status": ["x"]}),
+            "field 'status': the name is reserved",
+        ),
+        (
+            lambda d: (d / "junk.parquet").write_bytes(b"this is not parquet") and str(d / "junk.parquet"),
+            "not a readable Parquet file",
+        ),
         (lambda d: str(d / "missing.parquet"), "no such file or directory"),
         (lambda d: str(d / "*.nothing"), "matches no file"),
     ],

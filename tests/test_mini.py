@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from hyca_batch.pipeline.generate import VideoGenerator
-from hyca_batch.types import Request
 from hyca_batch.models import KIND_DIFFUSERS, MINI_DEFAULTS, MINI_DIR, load_model, resolve_model
-from hyca_batch.training import synthetic as S
 from hyca_batch.models.metadata import MODEL_METADATA_FILENAME
+from hyca_batch.pipeline.generate import VideoGenerator
+from hyca_batch.training import synthetic as S
 from hyca_batch.training.mini import latent_preview, latent_target
+from hyca_batch.types import Request
 
 # "Most prompts": a held-out prompt passes when BOTH its measured color and its measured motion match.
 # Chance is 1/6 x 1/6 = 1/36 per prompt (six colors, six motions), so with 18 prompts even 5 passes by
@@ -84,9 +84,15 @@ def test_mini_has_learned_held_out_prompts(mini, capsys):
     for i, (color, shape, motion, background) in enumerate(S.heldout_test_combinations()):
         prompt = S.make_prompt(color, shape, motion, background)
         request = Request(
-            id=f"heldout-{i}", prompt=prompt, seed=1000 + i, height=d.height, width=d.width,
-            num_frames=d.num_frames, num_inference_steps=d.num_inference_steps,
-            guidance_scale=d.guidance_scale, fps=d.fps,
+            id=f"heldout-{i}",
+            prompt=prompt,
+            seed=1000 + i,
+            height=d.height,
+            width=d.width,
+            num_frames=d.num_frames,
+            num_inference_steps=d.num_inference_steps,
+            guidance_scale=d.guidance_scale,
+            fps=d.fps,
         )
         m = S.measure_clip(generator(request).frames)
         rows.append((prompt, m.color, m.motion, m.color == color, m.motion == motion))
@@ -95,8 +101,10 @@ def test_mini_has_learned_held_out_prompts(mini, capsys):
     both = sum(r[3] and r[4] for r in rows)
     n = len(rows)
     with capsys.disabled():
-        print(f"\nmini, {n} held-out prompts: color {color_ok}/{n}, motion {motion_ok}/{n}, both {both}/{n} "
-              f"(threshold {MIN_HELDOUT_PASSES}/{n})")
+        print(
+            f"\nmini, {n} held-out prompts: color {color_ok}/{n}, motion {motion_ok}/{n}, both {both}/{n} "
+            f"(threshold {MIN_HELDOUT_PASSES}/{n})"
+        )
         for prompt, c, mo, cok, mok in rows:
             print(f"  {'ok  ' if cok and mok else 'MISS'} {prompt!r}: measured {c} {mo}")
     # The chance of reaching the threshold by guessing (p = 1/36 per prompt), for the record.

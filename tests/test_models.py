@@ -156,6 +156,7 @@ def test_clip_tokenizer_round_trips_through_save_pretrained(tmp_path):
 
 def test_vocabulary_words_are_single_tokens():
     llama, clip = build_llama_tokenizer(), build_clip_tokenizer()
+
     def pieces(tok, text: str) -> int:
         return len(tok(text, add_special_tokens=False).input_ids)
 
@@ -266,7 +267,12 @@ def test_saved_tiny_loads_by_path_offline_and_matches_in_memory(saved_tiny, tiny
     assert list((saved_tiny / "transformer").glob("*.safetensors"))
     meta = json.loads((saved_tiny / MODEL_METADATA_FILENAME).read_text())
     assert meta["defaults"] == {
-        "height": 64, "width": 64, "num_frames": 9, "num_inference_steps": 8, "guidance_scale": 6.0, "fps": 8
+        "height": 64,
+        "width": 64,
+        "num_frames": 9,
+        "num_inference_steps": 8,
+        "guidance_scale": 6.0,
+        "fps": 8,
     }
     loaded = load_model(str(saved_tiny), device="cpu")
     assert isinstance(loaded, LoadedModel)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from faults import fault_env
+
 from hyca_batch.config import CacheConfig, CalibrationConfig, ParallelConfig
 from hyca_batch.models import load_model, resolve_model
 from hyca_batch.pipeline.calibration import calibrate_model
@@ -27,9 +27,17 @@ BLOCKS = 4  # the tiny transformer: 2 double-stream + 2 single-stream blocks
 
 def request(height: int = 64, seed: int = 5) -> Request:
     d = SPEC.defaults
-    return Request(id="sp", prompt="a red circle moving left on a blue background", seed=seed, height=height,
-                   width=64, num_frames=d.num_frames, num_inference_steps=d.num_inference_steps,
-                   guidance_scale=d.guidance_scale, fps=d.fps)
+    return Request(
+        id="sp",
+        prompt="a red circle moving left on a blue background",
+        seed=seed,
+        height=height,
+        width=64,
+        num_frames=d.num_frames,
+        num_inference_steps=d.num_inference_steps,
+        guidance_scale=d.guidance_scale,
+        fps=d.fps,
+    )
 
 
 def assert_same_video(single, parallel) -> None:
@@ -120,8 +128,9 @@ def test_a_killed_rank_fails_the_video_and_the_group_restarts(hyca, tmp_path, mo
     arm = tmp_path / "armed"
     for name, value in fault_env(arm).items():
         monkeypatch.setenv(name, value)
-    with RankBackend(RankSetup(model=SPEC, parallel=ParallelConfig(sp=2, timeout_s=60), cache=cache,
-                               solver_map=smap)) as backend:
+    with RankBackend(
+        RankSetup(model=SPEC, parallel=ParallelConfig(sp=2, timeout_s=60), cache=cache, solver_map=smap)
+    ) as backend:
         group = backend.group
         first = list(group.procs)
         arm.touch()

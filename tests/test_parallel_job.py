@@ -10,8 +10,8 @@ import logging
 from pathlib import Path
 
 import pytest
-
 from faults import fault_env
+
 from hyca_batch.cache import SolverMap
 from hyca_batch.config import CacheConfig, JobConfig
 from hyca_batch.job import JobError, run_job
@@ -61,8 +61,9 @@ def test_sp2_gives_the_videos_of_sp1(ray_gpus, write_manifest, tmp_path):
     assert two.done == 2 and two.ok
     smap = SolverMap.load(tmp_path / "sp2" / "solver_map.safetensors")
     assert smap.metadata["model"] == "tiny"
-    generator = VideoGenerator(load_model("tiny", device="cpu"), cache=CacheConfig(mode="hyca", interval=3),
-                               solver_map=smap)
+    generator = VideoGenerator(
+        load_model("tiny", device="cpu"), cache=CacheConfig(mode="hyca", interval=3), solver_map=smap
+    )
 
     records = read_records(open_storage(str(tmp_path / "sp2"))).to_pylist()
     assert {r["device_count"] for r in records} == {2} and len(records) == 2
@@ -75,8 +76,10 @@ def test_sp2_gives_the_videos_of_sp1(ray_gpus, write_manifest, tmp_path):
         assert single.shape == parallel.shape
         codec_only = psnr(single, decode_mp4(encode_mp4(single, rec["fps"])).frames)
         sp2 = psnr(single, parallel)
-        print(f"{rec['id']}: PSNR against the single-process frames: sp2 video {sp2:.2f} dB, "
-              f"their own encode {codec_only:.2f} dB")
+        print(
+            f"{rec['id']}: PSNR against the single-process frames: sp2 video {sp2:.2f} dB, "
+            f"their own encode {codec_only:.2f} dB"
+        )
         assert sp2 >= codec_only - 1.0
 
 

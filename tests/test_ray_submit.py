@@ -57,39 +57,85 @@ def test_ray_job_submit_generates_into_s3(s3, tmp_path):
         "RAY_ADDRESS": "",
     }
     head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-         "--num-cpus=2", f"--object-store-memory={96 * 1024 * 1024}", "--disable-usage-stats"],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={free_port()}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            "--num-cpus=2",
+            f"--object-store-memory={96 * 1024 * 1024}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     address = f"http://127.0.0.1:{dashboard}"
     job_id = f"hyca-test-{secrets.token_hex(4)}"
     try:
         wait_for_dashboard(dashboard, head)
-        runtime_env = {"env_vars": {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                                               "AWS_DEFAULT_REGION")}}
+        runtime_env = {
+            "env_vars": {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+        }
         submit = subprocess.run(
-            [str(BIN / "ray"), "job", "submit", "--address", address, "--no-wait", "--submission-id", job_id,
-             "--working-dir", ".",
-             "--runtime-env-json", json.dumps(runtime_env), "--",
-             "python", "jobs/generate.py", f"s3://{bucket}/manifests/m.parquet", "--out", f"s3://{bucket}/run",
-             "--s3-endpoint-url", s3.endpoint, "--steps", "3"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+            [
+                str(BIN / "ray"),
+                "job",
+                "submit",
+                "--address",
+                address,
+                "--no-wait",
+                "--submission-id",
+                job_id,
+                "--working-dir",
+                ".",
+                "--runtime-env-json",
+                json.dumps(runtime_env),
+                "--",
+                "python",
+                "jobs/generate.py",
+                f"s3://{bucket}/manifests/m.parquet",
+                "--out",
+                f"s3://{bucket}/run",
+                "--s3-endpoint-url",
+                s3.endpoint,
+                "--steps",
+                "3",
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
         )
         assert submit.returncode == 0, submit.stdout + submit.stderr
         status, deadline = "timed out", time.monotonic() + 240
         while time.monotonic() < deadline:
-            query = subprocess.run([str(BIN / "ray"), "job", "status", "--address", address, job_id],
-                                   env=env, capture_output=True, text=True)
+            query = subprocess.run(
+                [str(BIN / "ray"), "job", "status", "--address", address, job_id],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
             said = (query.stdout + query.stderr).lower()  # the CLI logs "Job '<id>' succeeded" to stderr
-            ended = [word for word in ("succeeded", "failed", "stopped") if f"{job_id}' {word}" in said
-                     or f"{job_id}' was {word}" in said]
+            ended = [
+                word
+                for word in ("succeeded", "failed", "stopped")
+                if f"{job_id}' {word}" in said or f"{job_id}' was {word}" in said
+            ]
             if ended:
                 status = ended[0]
                 break
             time.sleep(2)
-        logs = subprocess.run([str(BIN / "ray"), "job", "logs", "--address", address, job_id],
-                              env=env, capture_output=True, text=True).stdout
+        logs = subprocess.run(
+            [str(BIN / "ray"), "job", "logs", "--address", address, job_id], env=env, capture_output=True, text=True
+        ).stdout
         assert status == "succeeded", f"job {job_id}: {status}\n{logs[-5000:]}"
         assert "done" in logs  # the job's summary table reached `ray job logs`
     finally:

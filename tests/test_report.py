@@ -21,9 +21,9 @@ from typer.testing import CliRunner
 
 from hyca_batch.cli import app
 from hyca_batch.config import JobConfig
+from hyca_batch.job import run_job
 from hyca_batch.records import SNAPSHOT_KEY, read_records, write_record
 from hyca_batch.report import CATEGORIES, PriceError, PriceTable, build_report
-from hyca_batch.job import run_job
 from hyca_batch.storage import open_storage
 
 PRICE = 0.5  # USD per CPU core-hour in these tests, so that the amounts are not all zeros
@@ -34,22 +34,39 @@ def runs(ray_session, tmp_path_factory):
     """Two real runs: one uncached with a failing and a rejected row, one cached with measured baselines."""
     root = tmp_path_factory.mktemp("report")
     manifest = root / "plain.parquet"
-    pq.write_table(pa.table({
-        "prompt": ["a red circle moving left", "will fail", "bad size"],
-        "id": ["r1", "blocked", "bad"],
-        "height": pa.array([None, None, 72], type=pa.int64()),
-    }), manifest)
+    pq.write_table(
+        pa.table(
+            {
+                "prompt": ["a red circle moving left", "will fail", "bad size"],
+                "id": ["r1", "blocked", "bad"],
+                "height": pa.array([None, None, 72], type=pa.int64()),
+            }
+        ),
+        manifest,
+    )
     plain = root / "plain"
     (plain / "videos" / "blocked.mp4").mkdir(parents=True)  # its mp4 cannot be written: a real failure
-    summary = run_job(JobConfig.from_options(manifests=[str(manifest)], out=str(plain), progress=False, num_inference_steps=3,
-                                max_attempts=1))
+    summary = run_job(
+        JobConfig.from_options(
+            manifests=[str(manifest)], out=str(plain), progress=False, num_inference_steps=3, max_attempts=1
+        )
+    )
     assert (summary.done, summary.failed, summary.rejected) == (1, 1, 1)
 
     manifest = root / "cached.parquet"
     pq.write_table(pa.table({"prompt": ["a blue circle", "a red square"]}), manifest)
     cached = root / "cached"
-    summary = run_job(JobConfig.from_options(manifests=[str(manifest)], out=str(cached), progress=False, num_inference_steps=6,
-                                cache="taylorseer", interval=3, baseline_every=2))
+    summary = run_job(
+        JobConfig.from_options(
+            manifests=[str(manifest)],
+            out=str(cached),
+            progress=False,
+            num_inference_steps=6,
+            cache="taylorseer",
+            interval=3,
+            baseline_every=2,
+        )
+    )
     assert summary.done == 2
     return plain, cached
 
@@ -63,16 +80,30 @@ def expected_costs(out: Path, price: float) -> dict:
     docs = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
     records = read_records(open_storage(str(out))).to_pylist()
     cores = {d["run_id"]: d["reservation"]["cpus_per_replica"] for d in docs if "reservation" in d}
-    bill = sum(d["reservation"]["replicas"] * d["reservation"]["cpus_per_replica"] * price / 3600
-               * (_time(d["finished_at"]) - _time(d["started_at"])).total_seconds()
-               for d in docs if "reservation" in d)
-    tries = [a for e in (out / "errors").glob("*.json") for a in [json.loads(e.read_text())]
-             + json.loads(e.read_text())["history"] if a["status"] == "failed"]
+    bill = sum(
+        d["reservation"]["replicas"]
+        * d["reservation"]["cpus_per_replica"]
+        * price
+        / 3600
+        * (_time(d["finished_at"]) - _time(d["started_at"])).total_seconds()
+        for d in docs
+        if "reservation" in d
+    )
+    tries = [
+        a
+        for e in (out / "errors").glob("*.json")
+        for a in [json.loads(e.read_text())] + json.loads(e.read_text())["history"]
+        if a["status"] == "failed"
+    ]
     replicas = [json.loads(p.read_text()) for p in (out / "runs").glob("*/replica-*.json")]
     saved = 0.0
     for r in records:
         if r["cache_mode"] != "none":
-            uncached = r["baseline_denoise_s"] if r["baseline_denoise_s"] is not None else r["speedup_estimate"] * r["denoise_s"]
+            uncached = (
+                r["baseline_denoise_s"]
+                if r["baseline_denoise_s"] is not None
+                else r["speedup_estimate"] * r["denoise_s"]
+            )
             saved += (uncached - r["denoise_s"]) * cores[r["run_id"]] * price / 3600
     return {
         "bill": bill,
@@ -90,7 +121,9 @@ def expected_costs(out: Path, price: float) -> dict:
 
 def test_the_report_numbers_are_the_records_numbers(runs, tmp_path):
     plain, cached = runs
-    report = build_report([str(plain), str(cached)], str(tmp_path / "rep"), PriceTable.build(overrides=[f"cpu={PRICE}"]))
+    report = build_report(
+        [str(plain), str(cached)], str(tmp_path / "rep"), PriceTable.build(overrides=[f"cpu={PRICE}"])
+    )
     rows = {r["run"]: r for r in pq.read_table(tmp_path / "rep" / "summary.parquet").to_pylist()}
     assert list(rows) == ["plain", "cached"]  # two runs, side by side, in the order given
 
@@ -153,8 +186,9 @@ def test_a_driver_killed_mid_run_is_charged_up_to_its_last_heartbeat(runs, tmp_p
 
 def test_the_command_prints_a_table_and_writes_a_page_with_the_plots(runs, tmp_path):
     plain, cached = runs
-    result = CliRunner().invoke(app, ["report", str(plain), str(cached), "--out", str(tmp_path / "rep"),
-                                      "--gpu-price", f"cpu={PRICE}"])
+    result = CliRunner().invoke(
+        app, ["report", str(plain), str(cached), "--out", str(tmp_path / "rep"), "--gpu-price", f"cpu={PRICE}"]
+    )
     assert result.exit_code == 0, result.output
     assert re.search(r"plain\s.*\s1\s.*\s1\s", result.output) and "cached" in result.output  # videos, failed
     assert "report.html" in result.output
@@ -175,22 +209,38 @@ def test_the_command_prints_a_table_and_writes_a_page_with_the_plots(runs, tmp_p
 def test_chromium_renders_the_report_with_its_plots(runs, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium; `make test` does this "
-                    "where it can), so the report was not rendered in a browser")
+        pytest.skip(
+            "headless Chromium is not installed (Debian: apt-get install chromium; `make test` does this "
+            "where it can), so the report was not rendered in a browser"
+        )
     plain, cached = runs
     build_report([str(plain), str(cached)], str(tmp_path / "rep"), PriceTable.build())
     shot = tmp_path / "page.png"
-    proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                           "--window-size=1200,2600", f"--screenshot={shot}",
-                           (tmp_path / "rep" / "report.html").as_uri()], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1200,2600",
+            f"--screenshot={shot}",
+            (tmp_path / "rep" / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shot.is_file(), proc.stderr
     page = Image.open(shot).convert("RGB")
     assert page.size == (1200, 2600)
     # The plots' bars are drawn in matplotlib's tab10 blue and orange; a page whose images did not render
     # would hold only text and table lines.
     colors = page.getcolors(maxcolors=1 << 20)
+
     def near(rgb):
         return sum(n for n, c in colors if sum(abs(a - b) for a, b in zip(c, rgb)) < 30)
+
     assert near((31, 119, 180)) > 5000 and near((255, 127, 14)) > 5000
 
 
@@ -239,8 +289,13 @@ def test_an_invocation_whose_replicas_never_started_is_still_charged(runs, tmp_p
     doc = json.loads(next((copy / "runs").glob("*.json")).read_text())
     # As a run whose model failed to load leaves it: its reservation and times, no replica notes, no records.
     started = _time(doc["finished_at"]) + dt.timedelta(minutes=5)
-    doc.update(run_id="20990101T000000Z-deadbeef", status="failed", error="the model could not be loaded",
-               started_at=started.isoformat(), finished_at=(started + dt.timedelta(seconds=90)).isoformat())
+    doc.update(
+        run_id="20990101T000000Z-deadbeef",
+        status="failed",
+        error="the model could not be loaded",
+        started_at=started.isoformat(),
+        finished_at=(started + dt.timedelta(seconds=90)).isoformat(),
+    )
     (copy / "runs" / f"{doc['run_id']}.json").write_text(json.dumps(doc))
     report = build_report([str(copy)], str(tmp_path / "rep"), PriceTable.build(overrides=[f"cpu={PRICE}"])).runs[0]
     failed = report.invocations[-1]

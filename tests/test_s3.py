@@ -7,8 +7,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from hyca_batch.storage.s3 import S3Storage
 from hyca_batch.storage import AlreadyExists, StorageError, open_storage
+from hyca_batch.storage.s3 import S3Storage
 
 
 @pytest.fixture
@@ -28,8 +28,11 @@ def test_put_read_exists_list_uri(store, s3):
     assert store.list("videos/") == ["videos/abc.mp4"] and store.list("errors/") == []
     # The objects are where any S3 client would look for them.
     listed = s3.client().list_objects_v2(Bucket=store.bucket)["Contents"]
-    assert sorted(o["Key"] for o in listed) == ["runs/demo/records/abc.parquet", "runs/demo/run.json",
-                                                 "runs/demo/videos/abc.mp4"]
+    assert sorted(o["Key"] for o in listed) == [
+        "runs/demo/records/abc.parquet",
+        "runs/demo/run.json",
+        "runs/demo/videos/abc.mp4",
+    ]
     with pytest.raises(FileNotFoundError, match="errors/x.json"):
         store.read_bytes("errors/x.json")
     with pytest.raises(ValueError, match="key"):

@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from hyca_batch.config import JobConfig
+from hyca_batch.job import JobError, run_job
 from hyca_batch.pipeline.encode import decode_mp4
 from hyca_batch.records import read_records
-from hyca_batch.job import JobError, run_job
 from hyca_batch.storage import StorageError, open_storage
 
 STEPS = 3
@@ -36,13 +36,20 @@ def put_manifest(s3, bucket: str, key: str, prompts: list[str]) -> str:
 
 
 def config(manifests: list[str], out: str, endpoint: str, **kw) -> JobConfig:
-    return JobConfig.from_options(manifests=manifests, out=out, s3_endpoint_url=endpoint, model="tiny", progress=False,
-                     num_inference_steps=STEPS, **kw)
+    return JobConfig.from_options(
+        manifests=manifests,
+        out=out,
+        s3_endpoint_url=endpoint,
+        model="tiny",
+        progress=False,
+        num_inference_steps=STEPS,
+        **kw,
+    )
 
 
 def objects(s3, bucket: str, prefix: str) -> dict[str, dict]:
     pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return {o["Key"][len(prefix):]: o for page in pages for o in page.get("Contents", [])}
+    return {o["Key"][len(prefix) :]: o for page in pages for o in page.get("Contents", [])}
 
 
 def assert_complete(s3, bucket: str, prefix: str, n: int) -> list[dict]:
@@ -76,12 +83,14 @@ def put_bad_rows(s3, bucket: str, key: str) -> None:
     """The bad-input matrix in one file (binary prompts, so one can be non-UTF-8), plus a conflicting duplicate."""
     ids = [*BAD_ROWS, "dup"]
     rows = [*BAD_ROWS.values(), (b"another prompt", 1.0, None, "id")]
-    table = pa.table({
-        "id": ids,
-        "prompt": pa.array([r[0] for r in rows], type=pa.binary()),
-        "seed": pa.array([r[1] for r in rows], type=pa.float64()),
-        "height": pa.array([r[2] for r in rows], type=pa.int64()),
-    })
+    table = pa.table(
+        {
+            "id": ids,
+            "prompt": pa.array([r[0] for r in rows], type=pa.binary()),
+            "seed": pa.array([r[1] for r in rows], type=pa.float64()),
+            "height": pa.array([r[2] for r in rows], type=pa.int64()),
+        }
+    )
     buf = io.BytesIO()
     pq.write_table(table, buf)
     s3.client().put_object(Bucket=bucket, Key=key, Body=buf.getvalue())
@@ -102,14 +111,18 @@ def test_manifests_and_outputs_on_s3_resume_and_progress(s3, ray_session):
         assert error["status"] == "rejected" and error["source_file"].endswith("/manifests/part-2.parquet")
         assert any(p["field"] == fieldname for p in error["problems"]), (vid, error["problems"])
     records = assert_complete(s3, bucket, "runs/one", 3)
-    assert {r["source_file"] for r in records} == {f"s3://{bucket}/manifests/part-0.parquet",
-                                                   f"s3://{bucket}/manifests/part-1.parquet"}
+    assert {r["source_file"] for r in records} == {
+        f"s3://{bucket}/manifests/part-0.parquet",
+        f"s3://{bucket}/manifests/part-1.parquet",
+    }
     progress = json.loads(store.read_bytes("progress.json"))
     assert progress["status"] == "finished" and progress["done"] == 3 and progress["to_generate"] == 3
     assert json.loads(store.read_bytes("run.json"))["status"] == "finished"
 
     # Resubmitted (a "directory" of manifests this time): nothing generated again, nothing rewritten.
-    before = {k: o["ETag"] for k, o in objects(s3, bucket, "runs/one/").items() if k.startswith(("videos/", "records/"))}
+    before = {
+        k: o["ETag"] for k, o in objects(s3, bucket, "runs/one/").items() if k.startswith(("videos/", "records/"))
+    }
     again = run_job(config([f"s3://{bucket}/manifests"], out, s3.endpoint))
     assert (again.done, again.skipped, again.rejected) == (0, 3, len(BAD_ROWS))
     after = {k: o["ETag"] for k, o in objects(s3, bucket, "runs/one/").items() if k.startswith(("videos/", "records/"))}
@@ -185,8 +198,22 @@ def test_the_driver_killed_and_the_job_resubmitted_resumes(s3, ray_session):
     manifest = put_manifest(s3, bucket, "m.parquet", [f"a shape number {i} moving left" for i in range(n)])
     out = f"s3://{bucket}/run"
     address = ray_session.get_runtime_context().gcs_address
-    cmd = [sys.executable, "-m", "hyca_batch.cli", "run", manifest, "--out", out, "--s3-endpoint-url", s3.endpoint,
-           "--address", address, "--steps", str(STEPS), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hyca_batch.cli",
+        "run",
+        manifest,
+        "--out",
+        out,
+        "--s3-endpoint-url",
+        s3.endpoint,
+        "--address",
+        address,
+        "--steps",
+        str(STEPS),
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and sum(k.startswith("records/") for k in objects(s3, bucket, "run/")) < 2:

@@ -10,8 +10,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from hyca_batch.storage import base as storage_mod
 from hyca_batch.storage import AlreadyExists, LocalStorage, StorageError, open_storage
+from hyca_batch.storage import base as storage_mod
 
 
 @pytest.fixture
@@ -121,12 +121,27 @@ def test_concurrent_exclusive_puts_have_one_winner(store: LocalStorage, race_exc
 
 @pytest.mark.parametrize(
     "key",
-    ["", "/abs/x.mp4", "../escape", "videos/../../x", "a\\b", "videos//x", "videos/", "./x", "a/./b",
-     ".tmp-x", "videos/.tmp-1"],
+    [
+        "",
+        "/abs/x.mp4",
+        "../escape",
+        "videos/../../x",
+        "a\\b",
+        "videos//x",
+        "videos/",
+        "./x",
+        "a/./b",
+        ".tmp-x",
+        "videos/.tmp-1",
+    ],
 )
 def test_bad_keys_are_rejected(store: LocalStorage, key: str) -> None:
-    for op in (lambda: store.put_bytes(key, b"x"), lambda: store.read_bytes(key),
-               lambda: store.exists(key), lambda: store.uri_for(key)):
+    for op in (
+        lambda: store.put_bytes(key, b"x"),
+        lambda: store.read_bytes(key),
+        lambda: store.exists(key),
+        lambda: store.uri_for(key),
+    ):
         with pytest.raises(ValueError, match="key"):
             op()
     assert all_files(store.uri) == []

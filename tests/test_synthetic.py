@@ -8,7 +8,6 @@ import numpy as np
 
 from hyca_batch.training import synthetic as S
 
-
 # --- synthetic data -------------------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ a sum over clusters, so choosing per cluster can never be worse than the best si
 from __future__ import annotations
 
 import datetime as dt
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -66,9 +66,7 @@ def channel_descriptors(traj: torch.Tensor) -> torch.Tensor:
     if traj.shape[1] == 0 or traj.shape[2] == 0:
         raise ValueError(f"trajectory has no tokens or channels: shape {tuple(traj.shape)}")
     scale = traj.double().square().mean().sqrt().clamp_min(1e-30)
-    blocks = [
-        _block_descriptors(traj[..., i : i + _CHUNK].double() / scale) for i in range(0, traj.shape[2], _CHUNK)
-    ]
+    blocks = [_block_descriptors(traj[..., i : i + _CHUNK].double() / scale) for i in range(0, traj.shape[2], _CHUNK)]
     return torch.cat(blocks).cpu()
 
 

@@ -91,8 +91,13 @@ class FeatureCache:
     map that gives every channel the same solver, so there is one forecasting path whatever the mode.
     """
 
-    def __init__(self, transformer: torch.nn.Module, config: CacheConfig, solver_map: SolverMap | None,
-                 probe: TrajectoryProbe | None = None):
+    def __init__(
+        self,
+        transformer: torch.nn.Module,
+        config: CacheConfig,
+        solver_map: SolverMap | None,
+        probe: TrajectoryProbe | None = None,
+    ):
         self.transformer = transformer
         self.config = config
         self.solver_map = solver_map
@@ -300,7 +305,9 @@ class _DoubleBlockHook(_BlockHook):
         temb = self.arg(args, kwargs, "temb")
         # Skipped: only the modulation gates are computed (a linear layer on the timestep embedding).
         _, _, gate_msa, _, _, gate_mlp = module.norm1.linear(module.norm1.silu(temb)).chunk(6, dim=1)
-        _, _, c_gate_msa, _, _, c_gate_mlp = module.norm1_context.linear(module.norm1_context.silu(temb)).chunk(6, dim=1)
+        _, _, c_gate_msa, _, _, c_gate_mlp = module.norm1_context.linear(module.norm1_context.silu(temb)).chunk(
+            6, dim=1
+        )
 
         def f(key: str) -> torch.Tensor:
             return self.cache.forecast(state, f"{self.name}.{key}")

@@ -152,8 +152,13 @@ class SolverMap:
             }
             for c in range(self.cluster_solver.numel())
         ]
-        return {"id": self.id, "solvers": list(self.solvers), "metadata": self.metadata, "clusters": clusters,
-                "modules": modules}
+        return {
+            "id": self.id,
+            "solvers": list(self.solvers),
+            "metadata": self.metadata,
+            "clusters": clusters,
+            "modules": modules,
+        }
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``path`` (safetensors, metadata JSON in its header) and ``path`` with suffix ``.json``."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -118,16 +118,24 @@ def run(
 @app.command()
 @with_options(
     config_options(JobConfig, only=["model"]),
-    config_options(GenerationDefaults, only=["height", "width", "num_frames", "num_inference_steps"], optional=True,
-                   help_suffix=" The probe's (default: the model's)."),
+    config_options(
+        GenerationDefaults,
+        only=["height", "width", "num_frames", "num_inference_steps"],
+        optional=True,
+        help_suffix=" The probe's (default: the model's).",
+    ),
     config_options(CacheConfig, only=["interval", "warmup", "granularity"]),
     config_options(CalibrationConfig, flags={"calibration_seed": "seed"}),
     config_options(ResourceConfig, only=["device"]),
     config_options(ParallelConfig, only=["sp", "ulysses", "ring"]),
 )
 def calibrate(
-    out: str = typer.Option(..., "--out", "-o", help="Solver map file to write (.safetensors; a .json goes beside it)."),
-    prompt: list[str] = typer.Option(["a red circle moving left on a blue background"], help="Probe prompt (repeatable)."),
+    out: str = typer.Option(
+        ..., "--out", "-o", help="Solver map file to write (.safetensors; a .json goes beside it)."
+    ),
+    prompt: list[str] = typer.Option(
+        ["a red circle moving left on a blue background"], help="Probe prompt (repeatable)."
+    ),
     **options: Any,
 ) -> None:
     """Build a HyCa solver map for a model at a resolution: a probe run, channel clustering, a solver per cluster."""
@@ -162,19 +170,26 @@ def calibrate(
     mixed = sum(float(smap.cluster_error[c, s_idx]) for c, s_idx in enumerate(chosen))
     per_solver = smap.cluster_error.sum(dim=0)
     best = int(per_solver.argmin())
-    console.print(f"total calibration error: hyca {mixed:.4g}, best uniform solver {smap.solvers[best]} "
-                  f"{float(per_solver[best]):.4g}")
+    console.print(
+        f"total calibration error: hyca {mixed:.4g}, best uniform solver {smap.solvers[best]} "
+        f"{float(per_solver[best]):.4g}"
+    )
     console.print(f"wrote {out} and {Path(out).with_suffix('.json')}")
 
 
 @app.command()
 def report(
-    runs: list[str] = typer.Argument(..., help="Run outputs (the --out of `hyca-batch run`): directories or s3:// URIs."),
+    runs: list[str] = typer.Argument(
+        ..., help="Run outputs (the --out of `hyca-batch run`): directories or s3:// URIs."
+    ),
     out: str = typer.Option(..., "--out", "-o", help="Where to write report.html, summary.csv and summary.parquet."),
-    gpu_price: list[str] = typer.Option([], "--gpu-price", help="NAME=USD per device-hour, e.g. H100=2.49 "
-                                        "(repeatable; NAME matches any device whose name contains it)."),
-    prices: Optional[Path] = typer.Option(None, help='JSON file of prices: {"H100": 2.49, "cpu": 0.04}.'),
-    s3_endpoint_url: Optional[str] = typer.Option(None, help=help_of(JobConfig, "s3_endpoint_url")),
+    gpu_price: list[str] = typer.Option(
+        [],
+        "--gpu-price",
+        help="NAME=USD per device-hour, e.g. H100=2.49 (repeatable; NAME matches any device whose name contains it).",
+    ),
+    prices: Path | None = typer.Option(None, help='JSON file of prices: {"H100": 2.49, "cpu": 0.04}.'),
+    s3_endpoint_url: str | None = typer.Option(None, help=help_of(JobConfig, "s3_endpoint_url")),
 ) -> None:
     """What the runs cost: the bill, cost per video, where the device-hours went, what the cache saved."""
     try:
@@ -182,10 +197,16 @@ def report(
     except (PriceError, FileNotFoundError, StorageError, ValueError, OSError) as exc:
         raise _fail(exc) from exc
     table = Table(title="cost per video", header_style="bold")
-    columns = [("run", "run", "text"), ("videos", "videos", "int"), ("failed", "failed", "int"),
-               ("device_hours", "device-h", "hours"), ("bill_usd", "bill", "usd"),
-               ("cost_per_video_usd", "per video", "usd"), ("mean_speedup_estimate", "speedup", "x"),
-               ("saved_usd", "saved", "usd")]
+    columns = [
+        ("run", "run", "text"),
+        ("videos", "videos", "int"),
+        ("failed", "failed", "int"),
+        ("device_hours", "device-h", "hours"),
+        ("bill_usd", "bill", "usd"),
+        ("cost_per_video_usd", "per video", "usd"),
+        ("mean_speedup_estimate", "speedup", "x"),
+        ("saved_usd", "saved", "usd"),
+    ]
     for key, name, _ in columns:
         table.add_column(name, justify="left" if key == "run" else "right", no_wrap=True)
     for r in result.runs:

@@ -12,8 +12,9 @@ import dataclasses
 import functools
 import inspect
 import typing
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import typer
 
@@ -65,8 +66,7 @@ def config_options(
             annotation, default = annotation | None, None
         flag = (flags or {}).get(name) or f.metadata.get("flag") or name
         limits = {k: f.metadata[k] for k in ("min", "max") if f.metadata.get(k) is not None}
-        options.append(Opt(name, annotation, default, flag.replace("_", "-"), f.metadata["help"] + help_suffix,
-                           limits))
+        options.append(Opt(name, annotation, default, flag.replace("_", "-"), f.metadata["help"] + help_suffix, limits))
     return options
 
 
@@ -75,8 +75,11 @@ def with_options(*groups: list[Opt]) -> Callable[[Callable[..., Any]], Callable[
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(fn, eval_str=True)
-        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values()
-               if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        own = [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            for p in signature.parameters.values()
+            if p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
         derived = [opt.parameter() for group in groups for opt in group]
 
         @functools.wraps(fn)

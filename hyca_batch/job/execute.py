@@ -49,8 +49,11 @@ def replica_gpus(config: JobConfig) -> float:
 
 def reservation(config: JobConfig) -> dict[str, Any]:
     """What the job holds while it runs: the cost report charges it for the whole run."""
-    return {"replicas": config.resources.replicas, "gpus_per_replica": replica_gpus(config),
-            "cpus_per_replica": config.resources.cpus_per_replica}
+    return {
+        "replicas": config.resources.replicas,
+        "gpus_per_replica": replica_gpus(config),
+        "cpus_per_replica": config.resources.cpus_per_replica,
+    }
 
 
 def _blocks(table: pa.Table, replicas: int) -> list[pa.Table]:
@@ -82,8 +85,9 @@ def init_ray(config: JobConfig) -> None:
     ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, **kwargs)
 
 
-def execute(config: JobConfig, plan: Plan, summary: JobSummary, solver_map: SolverMap | None,
-            progress: Progress) -> None:
+def execute(
+    config: JobConfig, plan: Plan, summary: JobSummary, solver_map: SolverMap | None, progress: Progress
+) -> None:
     """Run ``plan.pending`` on ``config.resources.replicas`` replicas; failures are retried in further rounds."""
     import ray
     from tqdm import tqdm
@@ -98,8 +102,13 @@ def execute(config: JobConfig, plan: Plan, summary: JobSummary, solver_map: Solv
     gpus = replica_gpus(config)
     pending, attempts, resources = plan.pending, plan.attempts, config.resources
     # In `ray job logs` (no terminal) every refresh is a line of its own: one every 30 s is plenty.
-    bar = tqdm(total=pending.num_rows, unit="video", desc="generating", disable=not config.progress,
-               mininterval=0.1 if sys.stderr.isatty() else 30.0)
+    bar = tqdm(
+        total=pending.num_rows,
+        unit="video",
+        desc="generating",
+        disable=not config.progress,
+        mininterval=0.1 if sys.stderr.isatty() else 30.0,
+    )
     remaining = pending
     while remaining.num_rows:
         ids = remaining.column("id").to_pylist()
@@ -138,8 +147,13 @@ def execute(config: JobConfig, plan: Plan, summary: JobSummary, solver_map: Solv
                         summary.speedups.append(row["speedup"])
                 bar.update(1)
             elif row["attempt"] < config.max_attempts:
-                log.warning("video %s failed (attempt %d of %d), will retry: %s",
-                            row["id"], row["attempt"], config.max_attempts, row["error"])
+                log.warning(
+                    "video %s failed (attempt %d of %d), will retry: %s",
+                    row["id"],
+                    row["attempt"],
+                    config.max_attempts,
+                    row["error"],
+                )
                 retry.append(row["id"])
             else:
                 summary.failed += 1

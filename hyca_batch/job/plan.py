@@ -55,8 +55,9 @@ def plan_job(config: JobConfig, summary: JobSummary, force: bool) -> Plan:
     bad_defaults = check_size(defaults.height, defaults.width, defaults.num_frames)
     if bad_defaults:
         raise JobError("; ".join(f"job default {f} {m}" for f, m in bad_defaults))
-    manifest = read_manifest(config.manifests, defaults, max_prompt_chars=config.max_prompt_chars,
-                             s3_endpoint_url=config.s3_endpoint_url)
+    manifest = read_manifest(
+        config.manifests, defaults, max_prompt_chars=config.max_prompt_chars, s3_endpoint_url=config.s3_endpoint_url
+    )
     # After the manifest, so that a bad manifest leaves no output directory behind; on S3 this checks the bucket.
     storage = open_storage(config.out, s3_endpoint_url=config.s3_endpoint_url)
     identity = generation_identity(config, dataclasses.asdict(defaults), spec.name)
@@ -66,8 +67,9 @@ def plan_job(config: JobConfig, summary: JobSummary, force: bool) -> Plan:
     summary.merged_duplicates = manifest.merged_duplicates
     committed = committed_ids(storage)
     write_rejections(storage, manifest.rejected, committed, summary)
-    pending, attempts, summary.skipped, summary.exhausted = choose_pending(storage, manifest, committed,
-                                                                          config.max_attempts)
+    pending, attempts, summary.skipped, summary.exhausted = choose_pending(
+        storage, manifest, committed, config.max_attempts
+    )
     return Plan(spec, storage, manifest, identity, pending, attempts)
 
 

@@ -91,8 +91,15 @@ class Progress:
     either never stops the job.
     """
 
-    def __init__(self, storage: Storage, summary: JobSummary, run_doc: dict[str, Any], to_generate: int,
-                 t_start: float, every_s: float = 10.0):
+    def __init__(
+        self,
+        storage: Storage,
+        summary: JobSummary,
+        run_doc: dict[str, Any],
+        to_generate: int,
+        t_start: float,
+        every_s: float = 10.0,
+    ):
         self.storage, self.summary, self.run_doc, self.to_generate = storage, summary, run_doc, to_generate
         self.t_start, self.every_s, self.last = t_start, every_s, -math.inf
         self.retrying = 0

@@ -41,7 +41,11 @@ def run_job(config: JobConfig, *, force: bool = False) -> JobSummary:
     progress.start()
     log.info(
         "run %s: %d rows, %d to generate, %d already committed, %d rejected",
-        run_id, summary.total_rows, plan.pending.num_rows, summary.skipped, summary.rejected,
+        run_id,
+        summary.total_rows,
+        plan.pending.num_rows,
+        summary.skipped,
+        summary.rejected,
     )
     if plan.pending.num_rows:
         try:
@@ -53,7 +57,11 @@ def run_job(config: JobConfig, *, force: bool = False) -> JobSummary:
                 run_doc["calibration_s"] = time.perf_counter() - t_map  # calibrating, or loading a map
             progress.update(force=True)  # the reservation on record at once: a killed driver is still charged
             if solver_map is not None:
-                run_doc["solver_map"] = {"id": solver_map.id, "uri": storage.uri_for(SOLVER_MAP_KEY), **solver_map.metadata}
+                run_doc["solver_map"] = {
+                    "id": solver_map.id,
+                    "uri": storage.uri_for(SOLVER_MAP_KEY),
+                    **solver_map.metadata,
+                }
             execute(config, plan, summary, solver_map, progress)
         except Exception as exc:  # the replicas could not run at all (model missing, no resources, ...)
             cause = _root_cause(exc)

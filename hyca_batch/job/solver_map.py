@@ -41,14 +41,21 @@ def job_solver_map(config: JobConfig, spec: ModelSpec, storage: Storage, pending
 
         init_ray(config)
         request = next(Request.from_table(pending.slice(0, 1)))
-        log.warning("calibrating the HyCa solver map on %r (interval %d, %d clusters)",
-                    request.prompt[:60], config.cache.interval, config.calibration.clusters)
-        task = ray.remote(_calibrate).options(num_cpus=config.resources.cpus_per_replica,
-                                              num_gpus=replica_gpus(config))
+        log.warning(
+            "calibrating the HyCa solver map on %r (interval %d, %d clusters)",
+            request.prompt[:60],
+            config.cache.interval,
+            config.calibration.clusters,
+        )
+        task = ray.remote(_calibrate).options(num_cpus=config.resources.cpus_per_replica, num_gpus=replica_gpus(config))
         smap = ray.get(task.remote(spec, request, config))
     if smap.metadata.get("interval") != config.cache.interval:
-        log.warning("solver map %s was calibrated for interval %s; this run uses %d, where its choices may not be best",
-                    smap.id, smap.metadata.get("interval"), config.cache.interval)
+        log.warning(
+            "solver map %s was calibrated for interval %s; this run uses %d, where its choices may not be best",
+            smap.id,
+            smap.metadata.get("interval"),
+            config.cache.interval,
+        )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / SOLVER_MAP_KEY
         smap.save(path)

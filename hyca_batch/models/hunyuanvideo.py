@@ -27,13 +27,33 @@ HUNYUANVIDEO_DEFAULTS = GenerationDefaults(
 # hunyuanvideo-community/HunyuanVideo's transformer/config.json and vae/config.json: the real sizes, for building
 # the model with random weights (``random_weights``) where speed and memory, not the pictures, are measured.
 HUNYUANVIDEO_TRANSFORMER: dict[str, Any] = dict(
-    in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128, num_layers=20,
-    num_single_layers=40, num_refiner_layers=2, mlp_ratio=4.0, patch_size=2, patch_size_t=1, qk_norm="rms_norm",
-    guidance_embeds=True, text_embed_dim=4096, pooled_projection_dim=768, rope_theta=256.0, rope_axes_dim=(16, 56, 56),
+    in_channels=16,
+    out_channels=16,
+    num_attention_heads=24,
+    attention_head_dim=128,
+    num_layers=20,
+    num_single_layers=40,
+    num_refiner_layers=2,
+    mlp_ratio=4.0,
+    patch_size=2,
+    patch_size_t=1,
+    qk_norm="rms_norm",
+    guidance_embeds=True,
+    text_embed_dim=4096,
+    pooled_projection_dim=768,
+    rope_theta=256.0,
+    rope_axes_dim=(16, 56, 56),
 )
 HUNYUANVIDEO_VAE: dict[str, Any] = dict(
-    in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-    norm_num_groups=32, scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4,
+    in_channels=3,
+    out_channels=3,
+    latent_channels=16,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    norm_num_groups=32,
+    scaling_factor=0.476986,
+    spatial_compression_ratio=8,
+    temporal_compression_ratio=4,
     mid_block_add_attention=True,
 )
 HUNYUANVIDEO_SCHEDULER_SHIFT = 7.0
@@ -71,9 +91,7 @@ def _unavailable_message(source: str, error: BaseException) -> str:
     )
 
 
-def load_diffusers_pipeline(
-    source: str, device: "torch.device", dtype: "torch.dtype"
-) -> "HunyuanVideoPipeline":
+def load_diffusers_pipeline(source: str, device: torch.device, dtype: torch.dtype) -> HunyuanVideoPipeline:
     """``HunyuanVideoPipeline.from_pretrained(source)`` in ``dtype`` on ``device``, VAE tiling on.
 
     Tiling is what lets a 720p x 129-frame decode fit in one GPU's memory; on small inputs it is a

@@ -21,7 +21,7 @@ class LoadedModel:
     """A pipeline ready to run, with the device/dtype it was placed on (the runner records both)."""
 
     spec: ModelSpec
-    pipeline: "HunyuanVideoPipeline"
+    pipeline: HunyuanVideoPipeline
     device: torch.device
     dtype: torch.dtype
 

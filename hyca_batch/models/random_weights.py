@@ -67,6 +67,11 @@ def build_random_pipeline(family: str, device: torch.device, dtype: torch.dtype,
     vae = build_on(AutoencoderKLHunyuanVideo, vae_config, device, dtype, seed + 1)
     vae.enable_tiling()
     return HunyuanVideoPipeline(
-        text_encoder=None, tokenizer=None, transformer=transformer, vae=vae,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=shift), text_encoder_2=None, tokenizer_2=None,
+        text_encoder=None,
+        tokenizer=None,
+        transformer=transformer,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=shift),
+        text_encoder_2=None,
+        tokenizer_2=None,
     )

@@ -23,9 +23,7 @@ KIND_RANDOM = "random"  # a family's real configuration with random weights and 
 #: The trained miniature (``hyca_batch.training.mini``), shipped as a diffusers directory. 64x64, 9 frames (3
 #: latent frames of 16x16), 24 steps; guidance_scale is HunyuanVideo's embedded guidance.
 MINI_DIR = Path(__file__).resolve().parent / "weights" / "mini"
-MINI_DEFAULTS = GenerationDefaults(
-    height=64, width=64, num_frames=9, num_inference_steps=24, guidance_scale=6.0, fps=8
-)
+MINI_DEFAULTS = GenerationDefaults(height=64, width=64, num_frames=9, num_inference_steps=24, guidance_scale=6.0, fps=8)
 
 # Hugging Face repo ids: "org/name" of letters, digits, '-', '_', '.'; no '--' or '..'.
 _HUB_ID = re.compile(r"^(?!.*(--|\.\.))[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$", re.ASCII)
@@ -74,9 +72,7 @@ def resolve_model(model: str) -> ModelSpec:
     if path.exists():
         resolved = path.resolve()
         if not resolved.is_dir():
-            raise ValueError(
-                f"model path {str(resolved)!r} is a file; expected a diffusers pipeline directory"
-            )
+            raise ValueError(f"model path {str(resolved)!r} is a file; expected a diffusers pipeline directory")
         if not (resolved / "model_index.json").is_file():
             raise ValueError(
                 f"model directory {str(resolved)!r} has no model_index.json, so it is not a diffusers "

@@ -14,8 +14,9 @@ code, from the real model.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hyca_batch.models.metadata import write_model_metadata
 from hyca_batch.types import GenerationDefaults
@@ -26,9 +27,7 @@ if TYPE_CHECKING:  # the heavy imports wait until a model is really built (resol
 
 # 8 steps keep a call well under a second on a CPU while leaving room for a cache schedule (full
 # step, forecast steps, full step); 9 frames = 3 latent frames, 64x64 = 8x8 latents = 4x4 patches.
-TINY_DEFAULTS = GenerationDefaults(
-    height=64, width=64, num_frames=9, num_inference_steps=8, guidance_scale=6.0, fps=8
-)
+TINY_DEFAULTS = GenerationDefaults(height=64, width=64, num_frames=9, num_inference_steps=8, guidance_scale=6.0, fps=8)
 
 CLIP_MAX_LENGTH = 77  # what HunyuanVideoPipeline asks CLIP for
 #: The shipped tokenizers (Llama-style, CLIP), as HunyuanVideoPipeline names its components.
@@ -40,13 +39,33 @@ _LLAMA_HIDDEN, _CLIP_HIDDEN = 32, 24
 #: The tiny transformer and VAE: HunyuanVideo's shapes where they matter (patch 2 in space and 1 in time, an
 #: 8x/4x VAE, guidance embedding, double- and single-stream blocks), at toy widths.
 TINY_TRANSFORMER: dict[str, Any] = dict(
-    in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=2, num_single_layers=2,
-    num_refiner_layers=1, mlp_ratio=2.0, patch_size=2, patch_size_t=1, qk_norm="rms_norm", guidance_embeds=True,
-    text_embed_dim=_LLAMA_HIDDEN, pooled_projection_dim=_CLIP_HIDDEN, rope_theta=256.0, rope_axes_dim=(4, 6, 6),
+    in_channels=4,
+    out_channels=4,
+    num_attention_heads=2,
+    attention_head_dim=16,
+    num_layers=2,
+    num_single_layers=2,
+    num_refiner_layers=1,
+    mlp_ratio=2.0,
+    patch_size=2,
+    patch_size_t=1,
+    qk_norm="rms_norm",
+    guidance_embeds=True,
+    text_embed_dim=_LLAMA_HIDDEN,
+    pooled_projection_dim=_CLIP_HIDDEN,
+    rope_theta=256.0,
+    rope_axes_dim=(4, 6, 6),
 )
 TINY_VAE: dict[str, Any] = dict(
-    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
-    norm_num_groups=4, spatial_compression_ratio=8, temporal_compression_ratio=4, mid_block_add_attention=True,
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    block_out_channels=(8, 8, 8, 8),
+    layers_per_block=1,
+    norm_num_groups=4,
+    spatial_compression_ratio=8,
+    temporal_compression_ratio=4,
+    mid_block_add_attention=True,
 )
 TINY_SCHEDULER_SHIFT = 7.0  # HunyuanVideo's shift
 
@@ -63,8 +82,10 @@ def load_tiny_tokenizers() -> tuple[PreTrainedTokenizerFast, CLIPTokenizer]:
             f"the tiny tokenizers are missing ({', '.join(missing)}): they ship with the package; in a checkout, "
             "restore them with git or rebuild them with `python -m hyca_batch.training.tokenizers`"
         )
-    return (PreTrainedTokenizerFast.from_pretrained(TINY_TOKENIZER_DIRS["tokenizer"]),
-            CLIPTokenizer.from_pretrained(TINY_TOKENIZER_DIRS["tokenizer_2"]))
+    return (
+        PreTrainedTokenizerFast.from_pretrained(TINY_TOKENIZER_DIRS["tokenizer"]),
+        CLIPTokenizer.from_pretrained(TINY_TOKENIZER_DIRS["tokenizer_2"]),
+    )
 
 
 def _seeded(seed: int, component: int, factory: Callable[[], ModuleT]) -> ModuleT:
@@ -82,7 +103,7 @@ def _seeded(seed: int, component: int, factory: Callable[[], ModuleT]) -> Module
     return module
 
 
-def build_tiny_pipeline(seed: int = 0) -> "HunyuanVideoPipeline":
+def build_tiny_pipeline(seed: int = 0) -> HunyuanVideoPipeline:
     """A HunyuanVideoPipeline with toy-sized real components and weights drawn from ``seed``.
 
     Shapes mirror HunyuanVideo where it matters to the code around it: patch size 2 in space and 1 in
@@ -153,7 +174,7 @@ def save_tiny_pipeline(path: str | Path, seed: int = 0) -> Path:
     return directory
 
 
-def tokenizer_definition(tokenizer: "PreTrainedTokenizerFast") -> str:
+def tokenizer_definition(tokenizer: PreTrainedTokenizerFast) -> str:
     """The tokenizer's tokenizer.json without its truncation/padding fields, as canonical JSON.
 
     Those two fields are per-call state that transformers writes into the backend on every padded
@@ -165,7 +186,7 @@ def tokenizer_definition(tokenizer: "PreTrainedTokenizerFast") -> str:
     return json.dumps(definition, sort_keys=True, ensure_ascii=False)
 
 
-def pipeline_fingerprint(pipeline: "HunyuanVideoPipeline") -> str:
+def pipeline_fingerprint(pipeline: HunyuanVideoPipeline) -> str:
     """SHA-256 over every weight (name, dtype, shape, bytes), both tokenizers and the scheduler config.
 
     Two processes that built ``build_tiny_pipeline(seed)`` must agree on this; a record can carry it

@@ -104,8 +104,16 @@ class _XfuserAttention:
         self.op = xFuserLongContextAttention(attn_type=AttnType.FA if HAS_FLASH_ATTN else AttnType.TORCH_EFFICIENT)
 
     def __call__(self, q, k, v, text_q, text_k, text_v) -> torch.Tensor:
-        return self.op(None, q, k, v, joint_tensor_query=text_q, joint_tensor_key=text_k,
-                       joint_tensor_value=text_v, joint_strategy="rear")
+        return self.op(
+            None,
+            q,
+            k,
+            v,
+            joint_tensor_query=text_q,
+            joint_tensor_key=text_k,
+            joint_tensor_value=text_v,
+            joint_strategy="rear",
+        )
 
 
 def make_xfuser_attention(backend: str, device: torch.device) -> _XfuserAttention | None:
@@ -118,6 +126,8 @@ def make_xfuser_attention(backend: str, device: torch.device) -> _XfuserAttentio
         return _XfuserAttention()
     except ImportError as exc:
         if backend == "xfuser":
-            raise ValueError(f"--sp-attention xfuser, but xfuser cannot be imported: {exc}. Install the [gpu] extra") from exc
+            raise ValueError(
+                f"--sp-attention xfuser, but xfuser cannot be imported: {exc}. Install the [gpu] extra"
+            ) from exc
         log.warning("xfuser is not importable (%s); sequence parallelism uses the torch attention backend", exc)
         return None

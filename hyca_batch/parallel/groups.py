@@ -34,9 +34,7 @@ class SPGroups:
         return self.rank // self.ulysses
 
 
-def init_groups(
-    config: ParallelConfig, heads: int, rank: int, init_method: str, device: torch.device
-) -> SPGroups:
+def init_groups(config: ParallelConfig, heads: int, rank: int, init_method: str, device: torch.device) -> SPGroups:
     """Join the replica's process group (NCCL on CUDA, gloo on CPU) with ``config.timeout_s`` on every collective."""
     from yunchang import set_seq_parallel_pg
     from yunchang.globals import PROCESS_GROUP

@@ -137,14 +137,23 @@ class SPAttnProcessor:
         if attn.add_q_proj is None:  # single-stream block: one projection over [video, text]
             hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
 
-        query, key, value = _project(hidden_states, attn.heads, attn.to_q, attn.to_k, attn.to_v, attn.norm_q, attn.norm_k)
+        query, key, value = _project(
+            hidden_states, attn.heads, attn.to_q, attn.to_k, attn.to_v, attn.norm_q, attn.norm_k
+        )
         if attn.add_q_proj is None:
             (query, text_q), (key, text_k), (value, text_v) = (
                 (x[:, :-text_len], x[:, -text_len:]) for x in (query, key, value)
             )
         else:
-            text_q, text_k, text_v = _project(encoder_hidden_states, attn.heads, attn.add_q_proj, attn.add_k_proj,
-                                              attn.add_v_proj, attn.norm_added_q, attn.norm_added_k)
+            text_q, text_k, text_v = _project(
+                encoder_hidden_states,
+                attn.heads,
+                attn.add_q_proj,
+                attn.add_k_proj,
+                attn.add_v_proj,
+                attn.norm_added_q,
+                attn.norm_added_k,
+            )
         if image_rotary_emb is not None:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)

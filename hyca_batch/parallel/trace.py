@@ -10,16 +10,25 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.distributed as dist
 
 # Not isend/irecv: P2POp accepts only the genuine functions, and the ring batches them (batch_isend_irecv).
 _FUNCTIONS = (
-    "all_to_all_single", "all_to_all", "all_gather", "all_gather_into_tensor", "all_reduce",
-    "reduce_scatter_tensor", "broadcast", "barrier", "send", "recv", "batch_isend_irecv",
+    "all_to_all_single",
+    "all_to_all",
+    "all_gather",
+    "all_gather_into_tensor",
+    "all_reduce",
+    "reduce_scatter_tensor",
+    "broadcast",
+    "barrier",
+    "send",
+    "recv",
+    "batch_isend_irecv",
 )
 
 

@@ -8,7 +8,8 @@ the loop the cache will later skip steps of.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,7 +63,9 @@ def calibrate_model(
         raise ValueError(f"calibration requests must share num_inference_steps, got {sorted(steps)}")
     first = requests[0]
     trajectories = record_trajectories(model, requests, config, cache.granularity, parallel)
-    weights = step_weights(model.pipeline.scheduler, first.num_inference_steps) if config.weighting == "dsigma" else None
+    weights = (
+        step_weights(model.pipeline.scheduler, first.num_inference_steps) if config.weighting == "dsigma" else None
+    )
     metadata = {
         "model": model.spec.name,
         "height": first.height,

@@ -24,10 +24,7 @@ _AVIO_FLAG_READ = 1  # libavformat's AVIO_FLAG_READ
 # swscale's default RGB<->YUV path rounds so that a smooth gradient comes back ~1.2 levels darker in
 # every channel; accurate rounding with full-resolution chroma input/output removes that bias.
 _SWS_FLAGS = (
-    Interpolation.BILINEAR
-    | Interpolation.ACCURATE_RND
-    | Interpolation.FULL_CHR_H_INT
-    | Interpolation.FULL_CHR_H_INP
+    Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT | Interpolation.FULL_CHR_H_INP
 )
 # Where swscale puts chroma when downsampling an untagged frame. Signalling it in the H.264 VUI lets
 # decoders (ours included) upsample from the same place; the H.264 default ("left") would shift
@@ -159,8 +156,7 @@ def decode_mp4(data: bytes) -> DecodedVideo:
             stream = container.streams.video[0]
             # Matrix, range and chroma siting come from each frame's tags (what encode_mp4 wrote).
             frames = [
-                f.reformat(format="rgb24", interpolation=_SWS_FLAGS).to_ndarray()
-                for f in container.decode(stream)
+                f.reformat(format="rgb24", interpolation=_SWS_FLAGS).to_ndarray() for f in container.decode(stream)
             ]
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             codec, pix_fmt = stream.codec_context.name, stream.codec_context.pix_fmt

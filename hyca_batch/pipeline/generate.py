@@ -10,8 +10,8 @@ the same pass counts and the speedup estimate means the same thing in every mode
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 import torch

@@ -147,7 +147,8 @@ def load_run(uri: str, prices: PriceTable, *, label: str | None = None, s3_endpo
     # An invocation whose replicas never started (a model that failed to load) still held its devices: it is
     # priced as the output's other invocations ran.
     seen = [docs[k].get("device_name") for k in replica_keys] + (
-        records.column("device_name").to_pylist() if "device_name" in records.column_names else [])
+        records.column("device_name").to_pylist() if "device_name" in records.column_names else []
+    )
     usual = max(set(n for n in seen if n), key=seen.count, default=None)
     invocations = [
         _invocation(docs[k], records, replicas_by_run.get(docs[k]["run_id"], []), errors, prices, usual)
@@ -164,6 +165,7 @@ def load_run(uri: str, prices: PriceTable, *, label: str | None = None, s3_endpo
 
 def _read_json(storage: Storage, keys: list[str]) -> dict[str, Any]:
     """Many small objects at once: on S3 each is a round trip, so they go in parallel."""
+
     def read(key: str) -> Any:
         return json.loads(storage.read_bytes(key))
 
@@ -179,8 +181,14 @@ def _time(value: Any) -> dt.datetime | None:
     return _time(dt.datetime.fromisoformat(str(value)))
 
 
-def _invocation(doc: dict[str, Any], records: pa.Table, replicas: list[dict[str, Any]], errors: list[dict[str, Any]],
-                prices: PriceTable, usual_device: str | None) -> Invocation:
+def _invocation(
+    doc: dict[str, Any],
+    records: pa.Table,
+    replicas: list[dict[str, Any]],
+    errors: list[dict[str, Any]],
+    prices: PriceTable,
+    usual_device: str | None,
+) -> Invocation:
     run_id = doc["run_id"]
     mine = records.filter(pc.equal(records.column("run_id"), run_id)) if records.num_rows else records
     started = _time(doc["started_at"])
@@ -251,21 +259,32 @@ def _video_rows(records: pa.Table, invocations: dict[str, Invocation]) -> pa.Tab
             elif rec.get("speedup_estimate") is not None:
                 uncached_denoise = rec["speedup_estimate"] * (rec["denoise_s"] or 0.0)
         saved_s = uncached_denoise - (rec["denoise_s"] or 0.0)  # negative where the cache made it slower
-        rows.append({
-            "id": rec["id"],
-            "run_id": rec["run_id"],
-            "video_seconds": rec["num_frames"] / rec["fps"] if rec.get("fps") else 0.0,
-            **{f"{c}_s": rec.get(f"{c}_s") for c in _STAGES},
-            "total_s": rec["total_s"],
-            "cached": cached,
-            "speedup_estimate": rec["speedup_estimate"] if cached else None,
-            "measured_speedup": rec.get("measured_speedup"),
-            "saved_usd": saved_s * per_replica * price / 3600,
-        })
-    schema = pa.schema([("id", pa.string()), ("run_id", pa.string()), ("video_seconds", pa.float64()),
-                        *[(f"{c}_s", pa.float64()) for c in _STAGES], ("total_s", pa.float64()),
-                        ("cached", pa.bool_()), ("speedup_estimate", pa.float64()),
-                        ("measured_speedup", pa.float64()), ("saved_usd", pa.float64())])
+        rows.append(
+            {
+                "id": rec["id"],
+                "run_id": rec["run_id"],
+                "video_seconds": rec["num_frames"] / rec["fps"] if rec.get("fps") else 0.0,
+                **{f"{c}_s": rec.get(f"{c}_s") for c in _STAGES},
+                "total_s": rec["total_s"],
+                "cached": cached,
+                "speedup_estimate": rec["speedup_estimate"] if cached else None,
+                "measured_speedup": rec.get("measured_speedup"),
+                "saved_usd": saved_s * per_replica * price / 3600,
+            }
+        )
+    schema = pa.schema(
+        [
+            ("id", pa.string()),
+            ("run_id", pa.string()),
+            ("video_seconds", pa.float64()),
+            *[(f"{c}_s", pa.float64()) for c in _STAGES],
+            ("total_s", pa.float64()),
+            ("cached", pa.bool_()),
+            ("speedup_estimate", pa.float64()),
+            ("measured_speedup", pa.float64()),
+            ("saved_usd", pa.float64()),
+        ]
+    )
     return pa.Table.from_pylist(rows, schema=schema)
 
 
@@ -275,9 +294,15 @@ def _failures(errors: list[dict[str, Any]], committed: set[str]) -> list[dict[st
     for err in errors:
         if err.get("id") in committed:
             continue  # failed once, then succeeded
-        out.append({"id": err.get("id"), "status": err.get("status"), "attempts": err.get("attempt"),
-                    "message": str(err.get("message", "")).strip().splitlines()[0][:300] if err.get("message") else "",
-                    "source": f"{err.get('source_file')} row {err.get('source_row')}"})
+        out.append(
+            {
+                "id": err.get("id"),
+                "status": err.get("status"),
+                "attempts": err.get("attempt"),
+                "message": str(err.get("message", "")).strip().splitlines()[0][:300] if err.get("message") else "",
+                "source": f"{err.get('source_file')} row {err.get('source_row')}",
+            }
+        )
     return sorted(out, key=lambda f: (f["status"] or "", f["id"] or ""))
 
 
@@ -297,8 +322,14 @@ def _mean(values: list[Any]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _summary(name: str, uri: str, invocations: list[Invocation], records: pa.Table, videos: pa.Table,
-             failures: list[dict[str, Any]]) -> dict[str, Any]:
+def _summary(
+    name: str,
+    uri: str,
+    invocations: list[Invocation],
+    records: pa.Table,
+    videos: pa.Table,
+    failures: list[dict[str, Any]],
+) -> dict[str, Any]:
     latest = invocations[-1]
     config = latest.doc.get("config", {})
     n = videos.num_rows
@@ -314,7 +345,9 @@ def _summary(name: str, uri: str, invocations: list[Invocation], records: pa.Tab
     row = {
         "run": name,
         "uri": uri,
-        "model": ", ".join(sorted(set(records.column("model").to_pylist()))) if n else latest.doc.get("model", {}).get("name"),
+        "model": ", ".join(sorted(set(records.column("model").to_pylist())))
+        if n
+        else latest.doc.get("model", {}).get("name"),
         "device": ", ".join(devices),
         "device_unit": ", ".join(units),
         "usd_per_device_hour": prices[0] if len(prices) == 1 else None,

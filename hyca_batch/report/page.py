@@ -52,19 +52,27 @@ class Report:
     files: list[str]
 
 
-def build_report(uris: list[str], out: str, prices: PriceTable | None = None, *,
-                 s3_endpoint_url: str | None = None) -> Report:
+def build_report(
+    uris: list[str], out: str, prices: PriceTable | None = None, *, s3_endpoint_url: str | None = None
+) -> Report:
     prices = prices or PriceTable.build()
     labels = _labels(uris)
-    runs = [load_run(u, prices, label=l, s3_endpoint_url=s3_endpoint_url) for u, l in zip(uris, labels)]
+    runs = [load_run(u, prices, label=label, s3_endpoint_url=s3_endpoint_url) for u, label in zip(uris, labels)]
     figures = {k: base64.b64encode(v).decode() for k, v in plots.all_figures(runs).items()}
     used = sorted({prices.lookup(inv.device_name) for r in runs for inv in r.invocations if inv.replicas})
-    env = jinja2.Environment(loader=jinja2.PackageLoader("hyca_batch.report", "."),
-                             autoescape=True, undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("hyca_batch.report", "."), autoescape=True, undefined=jinja2.StrictUndefined
+    )
     env.filters["fmt"] = fmt
     html = env.get_template("report.html.j2").render(
-        runs=runs, figures=figures, headline=HEADLINE, categories=CATEGORIES, prices=used,
-        overridden=prices.overridden, max_failures=MAX_FAILURES, version=__version__,
+        runs=runs,
+        figures=figures,
+        headline=HEADLINE,
+        categories=CATEGORIES,
+        prices=used,
+        overridden=prices.overridden,
+        max_failures=MAX_FAILURES,
+        version=__version__,
         unit=hours_unit(runs),
         generated_at=utcnow().strftime("%Y-%m-%d %H:%M UTC"),
     )
@@ -73,8 +81,14 @@ def build_report(uris: list[str], out: str, prices: PriceTable | None = None, *,
     csv, parquet = io.BytesIO(), io.BytesIO()
     pacsv.write_csv(table, csv)
     pq.write_table(table, parquet)
-    files = [storage.put_bytes(key, body, overwrite=True) for key, body in (
-        ("report.html", html.encode()), ("summary.csv", csv.getvalue()), ("summary.parquet", parquet.getvalue()))]
+    files = [
+        storage.put_bytes(key, body, overwrite=True)
+        for key, body in (
+            ("report.html", html.encode()),
+            ("summary.csv", csv.getvalue()),
+            ("summary.parquet", parquet.getvalue()),
+        )
+    ]
     return Report(runs, html, storage.uri, files)
 
 

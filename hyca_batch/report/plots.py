@@ -39,7 +39,7 @@ def cost_per_video(runs: list[RunCosts]) -> bytes:
     ):
         values = [r.summary[key] or 0.0 for r in runs]
         bars = ax.bar(labels, values, color=_COLORS[: len(runs)])
-        ax.bar_label(bars, labels=[fmt(v, 'usd') for v in values], padding=2, fontsize=9)
+        ax.bar_label(bars, labels=[fmt(v, "usd") for v in values], padding=2, fontsize=9)
         ax.set_title(title)
         ax.set_ylabel(ylabel)
         ax.set_ylim(0, max(values + [1e-9]) * 1.2)
@@ -73,8 +73,8 @@ def savings(runs: list[RunCosts]) -> bytes:
     width = 0.38
     a = ax.bar([i - width / 2 for i in x], uncached, width, label="estimated uncached bill", color="#bbbbbb")
     b = ax.bar([i + width / 2 for i in x], bills, width, label="actual bill", color=_COLORS[0])
-    ax.bar_label(a, labels=[fmt(v, 'usd') for v in uncached], padding=2, fontsize=8)
-    ax.bar_label(b, labels=[fmt(v, 'usd') for v in bills], padding=2, fontsize=8)
+    ax.bar_label(a, labels=[fmt(v, "usd") for v in uncached], padding=2, fontsize=8)
+    ax.bar_label(b, labels=[fmt(v, "usd") for v in bills], padding=2, fontsize=8)
     ax.set_xticks(list(x), [r.label for r in runs])
     ax.set_ylabel("USD for the run")
     ax.set_ylim(0, max(uncached + [1e-9]) * 1.2)
@@ -108,8 +108,15 @@ def speedups(runs: list[RunCosts]) -> bytes | None:
         ax.hist(est, bins=20, alpha=0.55, color=_COLORS[i % len(_COLORS)], label=f"{r.label} (estimated)")
         measured = [v for v in r.videos.column("measured_speedup").to_pylist() if v is not None]
         if measured:
-            ax.plot(measured, [0] * len(measured), "v", color=_COLORS[i % len(_COLORS)], markersize=9,
-                    label=f"{r.label} (measured against an uncached run)", clip_on=False)
+            ax.plot(
+                measured,
+                [0] * len(measured),
+                "v",
+                color=_COLORS[i % len(_COLORS)],
+                markersize=9,
+                label=f"{r.label} (measured against an uncached run)",
+                clip_on=False,
+            )
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xlabel("denoising speedup against uncached (x)")
     ax.set_ylabel("videos")

@@ -42,7 +42,7 @@ class PriceTable:
     overridden: frozenset[str] = frozenset()
 
     @classmethod
-    def build(cls, file: str | Path | None = None, overrides: list[str] | None = None) -> "PriceTable":
+    def build(cls, file: str | Path | None = None, overrides: list[str] | None = None) -> PriceTable:
         """The defaults, then a JSON file (``{"H100": 2.49, ...}``), then ``NAME=USD`` overrides."""
         prices, changed = dict(DEFAULT_PRICES), set()
         if file is not None:

@@ -9,8 +9,9 @@ own, and a transformer carries one cache at a time).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from contextlib import nullcontext
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -54,8 +55,12 @@ class LocalBackend(Backend):
         self.generator = None
         if setup.cache is not None:
             self.generator = VideoGenerator(self.model, cache=setup.cache, solver_map=setup.solver_map)
-        self.info = {"model": self.model.spec.name, "device": str(self.model.device),
-                     "device_type": self.model.device.type, "device_name": self.model.device_name}
+        self.info = {
+            "model": self.model.spec.name,
+            "device": str(self.model.device),
+            "device_type": self.model.device.type,
+            "device_name": self.model.device_name,
+        }
 
     def generate(self, request: Request, uncached: bool = False) -> GenerationResult:
         if self.generator is None:

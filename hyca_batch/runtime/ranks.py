@@ -146,7 +146,9 @@ class RankGroup:
                     self.kill()
                     log.error("rank %d failed during %s:\n%s", rank, what, value)
                     lines = [line for line in str(value).splitlines() if line.strip()]
-                    raise RankFailure(f"sequence-parallel rank {rank} failed during {what}: {lines[-1] if lines else value}")
+                    raise RankFailure(
+                        f"sequence-parallel rank {rank} failed during {what}: {lines[-1] if lines else value}"
+                    )
                 replies[rank] = value
                 del pending[rank]
             for rank in pending:

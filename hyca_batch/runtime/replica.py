@@ -67,8 +67,9 @@ class Replica:
         started_at, t_load = utcnow(), time.perf_counter()
         self.parallel = parallel
         # A model that cannot load fails here, before any video, with or without --sp.
-        self.backend = open_backend(RankSetup(model=model, parallel=parallel, cache=cache, solver_map=solver_map,
-                                              device=device), cpus=cpus)
+        self.backend = open_backend(
+            RankSetup(model=model, parallel=parallel, cache=cache, solver_map=solver_map, device=device), cpus=cpus
+        )
         info = self.backend.info
         self.model_name, self.device_type, self.device_name = info["model"], info["device_type"], info["device_name"]
         self.storage = open_storage(out, s3_endpoint_url=s3_endpoint_url)
@@ -200,5 +201,11 @@ class Replica:
     def _result(
         video_id: str, status: str, attempt: int, t0: float, error: str | None = None, speedup: float | None = None
     ) -> dict[str, Any]:
-        return {"id": video_id, "status": status, "attempt": attempt, "total_s": time.perf_counter() - t0,
-                "speedup": speedup, "error": error}
+        return {
+            "id": video_id,
+            "status": status,
+            "attempt": attempt,
+            "total_s": time.perf_counter() - t0,
+            "speedup": speedup,
+            "error": error,
+        }

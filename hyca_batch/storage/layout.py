@@ -63,8 +63,13 @@ def is_run_key(key: str) -> bool:
 
 def is_replica_key(key: str) -> bool:
     run_id, _, name = key[len(RUNS) :].partition("/")
-    return (key.startswith(RUNS) and bool(run_id) and "/" not in name and name.startswith("replica-")
-            and name.endswith(".json"))
+    return (
+        key.startswith(RUNS)
+        and bool(run_id)
+        and "/" not in name
+        and name.startswith("replica-")
+        and name.endswith(".json")
+    )
 
 
 def replica_run_id(key: str) -> str:

@@ -128,12 +128,18 @@ class S3Storage(Storage):
         try:
             parts = []
             for number, start in enumerate(range(0, len(data), PART_SIZE), start=1):
-                part = self.client.upload_part(Bucket=self.bucket, Key=s3_key, UploadId=upload, PartNumber=number,
-                                               Body=data[start : start + PART_SIZE])
+                part = self.client.upload_part(
+                    Bucket=self.bucket,
+                    Key=s3_key,
+                    UploadId=upload,
+                    PartNumber=number,
+                    Body=data[start : start + PART_SIZE],
+                )
                 parts.append({"ETag": part["ETag"], "PartNumber": number})
             # The condition is checked when the object would appear: at completion.
-            self.client.complete_multipart_upload(Bucket=self.bucket, Key=s3_key, UploadId=upload,
-                                                  MultipartUpload={"Parts": parts}, **condition)
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=s3_key, UploadId=upload, MultipartUpload={"Parts": parts}, **condition
+            )
         except BaseException:
             try:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=s3_key, UploadId=upload)

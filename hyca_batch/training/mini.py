@@ -42,7 +42,7 @@ MINI_TEMPORAL_COMPRESSION = 4
 MINI_TEXT_SEED = 0  # the tiny pipeline whose frozen text encoders and tokenizers mini uses
 
 
-def latent_target(video: "torch.Tensor") -> "torch.Tensor":
+def latent_target(video: torch.Tensor) -> torch.Tensor:
     """The mini latent of ``video`` (B, 3, F, H, W) in [-1, 1], F = 1 + 4k: (B, 16, 1 + k, H/4, W/4).
 
     Latent frame 0 covers video frame 0 alone (the causal VAE's first frame), latent frame j >= 1
@@ -65,7 +65,7 @@ def latent_target(video: "torch.Tensor") -> "torch.Tensor":
     return torch.cat([code, pad], dim=1)
 
 
-def latent_preview(latent: "torch.Tensor") -> "torch.Tensor":
+def latent_preview(latent: torch.Tensor) -> torch.Tensor:
     """The inverse of ``latent_target`` up to the pooling: (B, 16, 1 + k, h, w) -> (B, 3, 1 + 4k, 4h, 4w).
 
     Each pooled pixel becomes a 4x4 block. Used to judge what the transformer generated without the
@@ -82,7 +82,7 @@ def latent_preview(latent: "torch.Tensor") -> "torch.Tensor":
     return frames.repeat_interleave(s, dim=3).repeat_interleave(s, dim=4)
 
 
-def build_mini_vae(seed: int = 0) -> "AutoencoderKLHunyuanVideo":
+def build_mini_vae(seed: int = 0) -> AutoencoderKLHunyuanVideo:
     """Three blocks (4x spatial, 4x temporal). The full-resolution block, where almost all of the
     convolution work is, has 16 channels and the others 32: with 32 everywhere a training step took
     2.8 s on one core (3D convolution backward), over the whole time budget. One norm group: with more,
@@ -111,7 +111,7 @@ def build_mini_vae(seed: int = 0) -> "AutoencoderKLHunyuanVideo":
 
 def build_mini_transformer(
     text_embed_dim: int, pooled_dim: int, seed: int = 0, double_blocks: int = 1, single_blocks: int = 2
-) -> "HunyuanVideoTransformer3DModel":
+) -> HunyuanVideoTransformer3DModel:
     """Both HunyuanVideo block kinds, few of them: on one CPU core, more optimizer steps on a smaller
     model learned more per minute than fewer steps on 2 double + 4 single blocks (see train_mini)."""
     import torch
@@ -139,7 +139,7 @@ def build_mini_transformer(
         )
 
 
-def build_untrained_mini_pipeline(seed: int = 0, **transformer_kwargs: int) -> "HunyuanVideoPipeline":
+def build_untrained_mini_pipeline(seed: int = 0, **transformer_kwargs: int) -> HunyuanVideoPipeline:
     """The mini pipeline before training: tiny frozen text path, fresh VAE and transformer."""
     from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
 

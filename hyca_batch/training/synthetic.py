@@ -87,9 +87,7 @@ def combinations(split: str) -> list[tuple[str, str, str, str]]:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     want = split == "heldout"
     return [
-        (c, s, m, b)
-        for c, s, m, b in product(COLORS, SHAPES, MOTIONS, BACKGROUNDS)
-        if is_held_out(c, s, m) == want
+        (c, s, m, b) for c, s, m, b in product(COLORS, SHAPES, MOTIONS, BACKGROUNDS) if is_held_out(c, s, m) == want
     ]
 
 
@@ -202,9 +200,7 @@ def measure_clip(frames: np.ndarray, threshold: float = 60.0) -> ClipMeasurement
     log area ratio of 1.0) or vice versa.
     """
     x = frames.astype(np.float32)
-    border = np.concatenate(
-        [x[:, 0, :], x[:, -1, :], x[:, :, 0], x[:, :, -1]], axis=1
-    ).reshape(-1, 3)
+    border = np.concatenate([x[:, 0, :], x[:, -1, :], x[:, :, 0], x[:, :, -1]], axis=1).reshape(-1, 3)
     bg = np.median(border, axis=0)
     mask = np.linalg.norm(x - bg, axis=-1) > threshold  # (F, H, W)
     fraction = float(mask.mean())
@@ -215,9 +211,11 @@ def measure_clip(frames: np.ndarray, threshold: float = 60.0) -> ClipMeasurement
     palette = np.asarray([COLORS[n] for n in names], dtype=np.float32)
     color = names[int(np.argmin(np.linalg.norm(palette - mean_fg, axis=1)))]
 
-    ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH] if frames.shape[1:3] == (HEIGHT, WIDTH) else np.mgrid[
-        0 : frames.shape[1], 0 : frames.shape[2]
-    ]
+    ys, xs = (
+        np.mgrid[0:HEIGHT, 0:WIDTH]
+        if frames.shape[1:3] == (HEIGHT, WIDTH)
+        else np.mgrid[0 : frames.shape[1], 0 : frames.shape[2]]
+    )
     areas, cxs, cys = [], [], []
     for m in mask:
         a = float(m.sum())

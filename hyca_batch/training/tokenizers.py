@@ -47,6 +47,7 @@ CLIP_EOS = "<|endoftext|>"
 
 _PUNCTUATION = tuple(".,!?:;'\"()-") + ("...", "--", ".\n", ",\n", ".\n\n", "\n", "\n\n")
 
+
 def default_template_prefix() -> str:
     """The part of diffusers' default HunyuanVideo template that comes before the prompt."""
     from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
@@ -81,7 +82,7 @@ def _llama_training_words() -> list[str]:
     return sorted(pieces)
 
 
-def build_llama_tokenizer() -> "PreTrainedTokenizerFast":
+def build_llama_tokenizer() -> PreTrainedTokenizerFast:
     """A Llama-3-style byte-level BPE tokenizer with a small English vocabulary.
 
     It splits ``BOS + default template prefix`` into exactly 95 tokens, the pipeline's default
@@ -102,9 +103,7 @@ def build_llama_tokenizer() -> "PreTrainedTokenizerFast":
     backend = Tokenizer(BPE(vocab=vocab, merges=merges, ignore_merges=True, fuse_unk=False))
     backend.pre_tokenizer = _llama_pre_tokenizer()
     backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens(
-        [AddedToken(t, special=True, normalized=False) for t in LLAMA_SPECIAL_TOKENS]
-    )
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in LLAMA_SPECIAL_TOKENS])
     bos_id = backend.token_to_id(LLAMA_BOS)
     backend.post_processor = processors.TemplateProcessing(
         single=f"{LLAMA_BOS}:0 $A:0",
@@ -128,7 +127,7 @@ def build_llama_tokenizer() -> "PreTrainedTokenizerFast":
     return tokenizer
 
 
-def template_prefix_length(tokenizer: "PreTrainedTokenizerFast", prompt: str = "a red ball") -> int:
+def template_prefix_length(tokenizer: PreTrainedTokenizerFast, prompt: str = "a red ball") -> int:
     """How many leading tokens of a templated prompt are template, or -1 if the template's tokens
     are not a prefix of the templated prompt's tokens (the crop would then cut inside a token)."""
     prefix = default_template_prefix()
@@ -137,7 +136,7 @@ def template_prefix_length(tokenizer: "PreTrainedTokenizerFast", prompt: str = "
     return len(prefix_ids) if full_ids[: len(prefix_ids)] == prefix_ids else -1
 
 
-def build_clip_tokenizer(model_max_length: int = CLIP_MAX_LENGTH) -> "CLIPTokenizer":
+def build_clip_tokenizer(model_max_length: int = CLIP_MAX_LENGTH) -> CLIPTokenizer:
     """A CLIP tokenizer over the same English words, from a vocab.json and merges.txt written here.
 
     The vocabulary has CLIP's layout: the 256 byte symbols, the same with the end-of-word marker

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 # Each must be a single pre-token under the Llama-3 split: no digits or apostrophes inside.
 ENGLISH_WORDS: tuple[str, ...] = tuple(
     dict.fromkeys(
-    """
+        """
     a an the this that these those some any each every all both no not and or but nor so yet
     of in on at to from by with without into onto over under above below across along around
     through behind beside between near far inside outside toward towards against among beyond
