@@ -47,11 +47,11 @@ class RankFailure(RuntimeError):
 
 
 def object_ref(obj: Any) -> str:
-    """``module:qualname`` for a class or function, or ``/path/script.py:qualname`` for one defined in a script
-    run as ``__main__`` (which a child process cannot import by name)."""
+    """``module:qualname`` for a class or function, or ``/path/file.py:qualname`` for one whose module cannot be
+    imported by its name (a script run as ``__main__``, a file loaded by path)."""
     module = obj.__module__
-    if module == "__main__":
-        module = os.path.abspath(sys.modules["__main__"].__file__)
+    if module == "__main__" or importlib.util.find_spec(module) is None:
+        module = os.path.abspath(sys.modules[obj.__module__].__file__)
     return f"{module}:{obj.__qualname__}"
 
 
@@ -108,6 +108,8 @@ class RankGroup:
             )
             child.close()
             conn = Connection(parent.detach())
+            # The parent's sys.path goes first (as multiprocessing's spawn does): what imports here imports there.
+            _send(conn, sys.path)
             _send(conn, (self.worker, self.setup, rank, self.world, init_method))
             self.procs.append(proc)
             self.conns.append(conn)
@@ -228,6 +230,7 @@ def _exit_with_parent() -> None:
 
 
 def _serve(conn: Connection) -> None:
+    sys.path[:] = list(dict.fromkeys([*_recv(conn), *sys.path]))
     worker_ref, setup, rank, world, init_method = _recv(conn)
     try:
         worker = load_object(worker_ref)(setup, rank, world, init_method)
