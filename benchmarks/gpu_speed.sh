@@ -48,7 +48,7 @@ if ! "$PY" -c "import diffusers" 2>/dev/null; then
 fi
 
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-if ! "$PY" -c "import hyca_batch.hyca.probe" 2>>"$LOG"; then
+if ! "$PY" -c "import hyca_batch.cache.calibrate" 2>>"$LOG"; then
     say "hyca_batch does not import from the tree; pip install -e . (needs its dependencies)"
     "$PY" -m pip install -q -e "$ROOT" 2>&1 | tee -a "$LOG"
 fi

@@ -235,19 +235,17 @@ class JobConfig:
     @classmethod
     def from_options(cls, **options: Any) -> JobConfig:
         """The config of these options (names as ``options()`` gives them); unknown names are an error."""
-        top, parts, generation = {}, {}, {}
-        for f in dataclasses.fields(cls):
-            if f.name == "generation":
-                generation = {n: options.pop(n) for n in GENERATION_FIELDS if n in options}
-            elif f.name in SECTIONS:
-                sub = SECTIONS[f.name]
-                fields = {option_name(g): g.name for g in dataclasses.fields(sub)}
-                parts[f.name] = sub(**{fields[k]: options.pop(k) for k in list(options) if k in fields})
-            elif f.name in options:
-                top[f.name] = options.pop(f.name)
-        if options:
-            raise TypeError(f"unknown job options {sorted(options)}")
-        return cls(**top, **parts, generation=generation)
+        top = {f.name for f in dataclasses.fields(cls)} - {"generation", *SECTIONS}
+        known = top | set(GENERATION_FIELDS)
+        for section in SECTIONS.values():
+            known |= {option_name(f) for f in dataclasses.fields(section)}
+        if set(options) - known:
+            raise TypeError(f"unknown job options {sorted(set(options) - known)}")
+        return cls(
+            **{name: options[name] for name in top if name in options},
+            **{name: config_from_options(section, options) for name, section in SECTIONS.items()},
+            generation={n: options[n] for n in GENERATION_FIELDS if n in options},
+        )
 
 
 #: The sub-configs a job holds, by field name: each is flattened into options of its own.
@@ -262,3 +260,9 @@ SECTIONS: dict[str, type] = {
 def option_name(f: dataclasses.Field) -> str:
     """The name a config field goes by as an option: its ``name`` metadata, else the field's own."""
     return f.metadata.get("name") or f.name
+
+
+def config_from_options(cls: type, options: dict[str, Any]) -> Any:
+    """``cls`` (a config dataclass) built from those of ``options`` that name its fields; the rest are ignored."""
+    by_option = {option_name(f): f.name for f in dataclasses.fields(cls)}
+    return cls(**{by_option[k]: v for k, v in options.items() if k in by_option})

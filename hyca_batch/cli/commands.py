@@ -17,8 +17,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hyca_batch.cli.options import config_from, config_options, help_of, with_options
-from hyca_batch.config import CacheConfig, CalibrationConfig, JobConfig, ParallelConfig, ResourceConfig
+from hyca_batch.cli.options import config_options, help_of, with_options
+from hyca_batch.config import (
+    CacheConfig,
+    CalibrationConfig,
+    JobConfig,
+    ParallelConfig,
+    ResourceConfig,
+    config_from_options,
+)
 from hyca_batch.job import JobError, JobSummary, run_job
 from hyca_batch.manifest import ManifestError, check_size
 from hyca_batch.models import resolve_model
@@ -147,9 +154,9 @@ def calibrate(
             raise ValueError("; ".join(f"{f} {m}" for f, m in bad))
         seed = options["calibration_seed"]
         requests = [Request.with_defaults(d, id=f"probe{i}", prompt=p, seed=seed + i) for i, p in enumerate(prompt)]
-        cache = config_from(CacheConfig, options)
-        calibration = config_from(CalibrationConfig, options)
-        setup = RankSetup(model=spec, parallel=config_from(ParallelConfig, options), device=options["device"])
+        cache = config_from_options(CacheConfig, options)
+        calibration = config_from_options(CalibrationConfig, options)
+        setup = RankSetup(model=spec, parallel=config_from_options(ParallelConfig, options), device=options["device"])
         console.print(f"probing {spec.name} at {d.width}x{d.height}x{d.num_frames}, {d.num_inference_steps} steps")
         with open_backend(setup) as backend:
             smap = backend.calibrate(requests, cache, calibration)

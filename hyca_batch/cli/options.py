@@ -3,7 +3,7 @@
 A config field becomes ``--its-name`` (its ``name`` metadata, else the field's name, with dashes; ``flag``
 metadata where the spelling differs), typed by its annotation, defaulting to its default, with its help. A
 command declares what it takes of each config with ``config_options`` and receives every value by option name,
-the names ``JobConfig.from_options`` and ``config_from`` read.
+the names ``JobConfig.from_options`` and ``config_from_options`` read.
 """
 
 from __future__ import annotations
@@ -92,13 +92,6 @@ def with_options(*groups: list[Opt]) -> Callable[[Callable[..., Any]], Callable[
         return command
 
     return decorate
-
-
-def config_from(cls: type, values: dict[str, Any], **fixed: Any) -> Any:
-    """``cls`` built from the options among ``values`` that are its fields (by option name), plus ``fixed``."""
-    by_option = {option_name(f): f.name for f in dataclasses.fields(cls)}
-    picked = {by_option[k]: v for k, v in values.items() if k in by_option}
-    return cls(**{**picked, **fixed})
 
 
 def help_of(cls: type, field_name: str) -> str:

@@ -1,0 +1,292 @@
+"""The whole comparison: a HyCa solver map per N from the calibration prompt, the uncached reference of every
+prompt, every method on every prompt against it, and one summary row (means over the prompts) per method."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks.lib.cache_quality.measure import Bench
+from benchmarks.lib.cache_quality.methods import (
+    DIFFUSERS_TAYLORSEER_WARMUP,
+    Method,
+    build_methods,
+    diffusers_taylorseer_expected_refreshes,
+    row_order,
+)
+from benchmarks.lib.cache_quality.report import log
+from benchmarks.lib.tables import mean
+
+CALIBRATION_SEED = 4242
+#: Steps when --steps is not given, per model preset; other models use their own default.
+DEFAULT_STEPS = {"tiny": 24, "mini": 24}
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _round(value: float | None, digits: int = 6) -> float | None:
+    value = _finite_or_none(value)
+    return None if value is None else float(f"{value:.{digits}g}")
+
+
+def run_benchmark(args: argparse.Namespace) -> dict:
+    """Everything ``args`` (``cli.parse_args``) asks for, progress on stderr; the result is what the JSON holds."""
+    import diffusers
+    import torch
+    from diffusers import FirstBlockCacheConfig, TaylorSeerCacheConfig
+    from tqdm import tqdm
+
+    from hyca_batch.config import CacheConfig, CalibrationConfig
+    from hyca_batch.models import load_model, resolve_model
+    from hyca_batch.pipeline.calibration import calibrate_model
+    from hyca_batch.pipeline.fidelity import psnr, relative_l2, ssim
+    from hyca_batch.types import Request
+
+    started = time.perf_counter()
+    spec = resolve_model(args.model)
+    steps = args.steps or DEFAULT_STEPS.get(spec.name, spec.defaults.num_inference_steps)
+    size = spec.defaults.merged(
+        height=args.height, width=args.width, num_frames=args.num_frames, num_inference_steps=steps
+    )
+    log(f"loading model {spec.name} ...")
+    model = load_model(spec, device=args.device)
+    device = str(model.device)
+    # Several threads on a small CPU that other work shares stall at every parallel region's barrier
+    # (single runs 30x slower, seen on 2 cores); one thread measures cached and uncached alike, steadily.
+    threads = args.threads if args.threads is not None else (1 if model.device.type == "cpu" else 0)
+    if threads:
+        torch.set_num_threads(threads)
+
+    def request(i: int, prompt: str, seed: int) -> Request:
+        return Request.with_defaults(size, id=f"cache-quality-{i}", prompt=prompt, seed=seed)
+
+    requests = [request(i, p, args.seed + i) for i, p in enumerate(args.prompts)]
+    calibration_request = request(-1, args.calibration_prompt, CALIBRATION_SEED)
+    methods = build_methods(args.intervals, args.fbc_thresholds, not args.no_diffusers)
+    log(
+        f"model {spec.name} on {device}: {steps} steps, {size.width}x{size.height}x{size.num_frames}, "
+        f"{len(requests)} prompt(s), intervals {args.intervals}, {len(methods)} (method, N) pairs"
+    )
+
+    # HyCa: one solver map per N from the calibration prompt (calibrate_model installs its own probe cache).
+    solver_maps = {}
+    calibration_info = {}
+    for n in args.intervals:
+        t0 = time.perf_counter()
+        solver_map = calibrate_model(
+            model,
+            [calibration_request],
+            CacheConfig(mode="hyca", interval=n),
+            CalibrationConfig(clusters=args.clusters),
+        )
+        solver_maps[n] = solver_map
+        calibration_info[str(n)] = {
+            "solver_map_id": solver_map.id,
+            "clusters": int(solver_map.cluster_solver.numel()),
+            "cluster_solvers": [solver_map.solvers[int(i)] for i in solver_map.cluster_solver.tolist()],
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        log(f"calibrated hyca N={n}: solver map {solver_map.id} ({time.perf_counter() - t0:.1f} s)")
+
+    def activator(method: Method) -> Callable[[], None]:
+        if method.family == "hyca_batch":
+            config = CacheConfig(
+                mode=method.params["mode"],
+                interval=method.interval,
+                taylorseer_order=method.params.get("taylorseer_order", 2),
+            )
+            solver_map = solver_maps[method.interval] if config.mode == "hyca" else None
+
+            def activate() -> None:
+                bench.disable_diffusers()
+                bench.install_ours(config, solver_map)
+
+        else:
+
+            def activate() -> None:
+                if method.params["cache"] == "TaylorSeerCacheConfig":
+                    config = TaylorSeerCacheConfig(
+                        cache_interval=method.interval,
+                        disable_cache_before_step=DIFFUSERS_TAYLORSEER_WARMUP,
+                        max_order=method.params["max_order"],
+                        taylor_factors_dtype=model.dtype,  # diffusers defaults to bfloat16; ours keeps the model's
+                    )
+                else:
+                    config = FirstBlockCacheConfig(threshold=method.params["threshold"])
+                bench.enable_diffusers(config)
+
+        return activate
+
+    bench = Bench(model)
+    total = len(requests) * (1 + len(methods) * (1 + args.repeats))
+    progress = tqdm(total=total, desc="generating", unit="video", file=sys.stderr, disable=not sys.stderr.isatty())
+    tick = lambda: progress.update(1)  # noqa: E731
+    rows: list[dict] = []
+    try:
+        progress.set_postfix_str("uncached reference")
+        bench.activate_reference()
+        references = []
+        for i, r in enumerate(requests):
+            ref = bench.once(r, count_flops=i == 0)
+            tick()
+            if ref.passes != steps or ref.tail_computes != steps:
+                raise RuntimeError(
+                    f"uncached run of {r.prompt!r} made {ref.passes} transformer passes, expected {steps}"
+                )
+            references.append(ref)
+        reference_flops = references[0].transformer_flops
+
+        for k, method in enumerate(methods, 1):
+            label = f"{method.name} N={method.interval if method.interval is not None else '-'}"
+            progress.set_postfix_str(label)
+            activate = activator(method)
+            per_prompt = []
+            try:
+                for i, (r, ref) in enumerate(zip(requests, references)):
+                    # FLOPs follow from the schedule for fixed-N methods (counted on the first prompt); an
+                    # adaptive cache skips differently per prompt, so it is counted on every one.
+                    count = i == 0 or method.interval is None
+                    per_prompt.append((r, ref, bench.measure(r, ref, activate, args.repeats, count, tick)))
+            finally:
+                bench.disable_diffusers()
+            row = summarize(method, per_prompt, steps, solver_maps, reference_flops, psnr, ssim, relative_l2)
+            rows.append(row)
+            tqdm.write(
+                f"[{k}/{len(methods)}] {label}: full {row['full_passes']:g}, speedup {row['speedup']:.2f}, "
+                f"latent rel L2 {row['latent_rel_l2']:.3e} ({time.perf_counter() - started:.0f} s)",
+                file=sys.stderr,
+            )
+    finally:
+        progress.close()
+        bench.close()
+    rows.sort(key=row_order)
+
+    reference_info = []
+    for i, r in enumerate(requests):
+        times = [t for row in rows for item in row["per_prompt"][i : i + 1] for t in item["reference_s"]]
+        reference_info.append(
+            {
+                "prompt": r.prompt,
+                "seed": r.seed,
+                "denoise_s": _round(min(times)),
+                "slowest_over_best": _round(max(times) / min(times), 4),
+                "timed_runs": len(times),
+                "transformer_flops": references[i].transformer_flops,
+            }
+        )
+
+    return {
+        "benchmark": "cache_quality",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": spec.name,
+        "device": device,
+        "device_name": torch.cuda.get_device_name(model.device)
+        if model.device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "torch_threads": torch.get_num_threads(),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+        },
+        "steps": steps,
+        "height": size.height,
+        "width": size.width,
+        "num_frames": size.num_frames,
+        "guidance_scale": size.guidance_scale,
+        "intervals": args.intervals,
+        "repeats": args.repeats,
+        "extra_timed_pairs": bench.extra_pairs,
+        "prompts": [{"prompt": r.prompt, "seed": r.seed} for r in requests],
+        "calibration": {
+            "prompt": calibration_request.prompt,
+            "seed": calibration_request.seed,
+            "clusters": args.clusters,
+            "maps": calibration_info,
+        },
+        "diffusers_taylorseer_warmup": DIFFUSERS_TAYLORSEER_WARMUP,
+        "reference": reference_info,
+        "rows": rows,
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+
+
+def summarize(method: Method, per_prompt, steps: int, solver_maps, reference_flops, psnr, ssim, relative_l2) -> dict:
+    items = []
+    for request, ref, run in per_prompt:
+        if method.family == "hyca_batch":
+            full = run.full
+            if run.tail_computes != full:
+                raise RuntimeError(
+                    f"{method.name} N={method.interval}: the cache counted {full} full passes, "
+                    f"the last block ran in {run.tail_computes}"
+                )
+        elif method.params["cache"] == "TaylorSeerCacheConfig":
+            full = run.attn_computes
+        else:
+            full = run.tail_computes
+        items.append(
+            {
+                "prompt": request.prompt,
+                "full_passes": full,
+                "transformer_passes": run.passes,
+                "denoise_s": _round(run.denoise_s),
+                "reference_denoise_s": _round(min(run.reference_s)),
+                "speedup": _round(min(run.reference_s) / run.denoise_s, 4),
+                "flops_ratio_measured": _round(reference_flops / run.transformer_flops, 4)
+                if run.transformer_flops and reference_flops
+                else None,
+                "psnr": _round(psnr(ref.frames, run.frames), 5),
+                "ssim": _round(ssim(ref.frames, run.frames), 6),
+                "latent_rel_l2": _round(relative_l2(ref.latents, run.latents), 5),
+                "deterministic": run.deterministic,
+                "cached_s": [_round(t, 4) for t in run.cached_s],
+                "reference_s": [_round(t, 4) for t in run.reference_s],
+            }
+        )
+    passes = items[0]["transformer_passes"]
+    full_mean = mean([i["full_passes"] for i in items])
+    measured = [i["flops_ratio_measured"] for i in items if i["flops_ratio_measured"] is not None]
+    row: dict[str, Any] = {
+        "method": method.name,
+        "family": method.family,
+        "interval": method.interval,
+        "params": method.params,
+        "steps": steps,
+        "transformer_passes": passes,
+        "full_passes": full_mean,
+        # The theoretical speedup holds only where a skipped pass runs no block: our modes.
+        "flops_ratio": _round(passes / full_mean, 4) if method.family == "hyca_batch" and full_mean else None,
+        "flops_ratio_measured": _round(mean(measured), 4) if measured else None,
+        "speedup": _round(mean([i["speedup"] for i in items]), 4),
+        "denoise_s": _round(mean([i["denoise_s"] for i in items])),
+        # PSNR is inf (null) for a video identical to the reference, e.g. a cache that never skipped.
+        "psnr": _round(mean([i["psnr"] if i["psnr"] is not None else math.inf for i in items]), 5),
+        "ssim": _round(mean([i["ssim"] for i in items]), 6),
+        "latent_rel_l2": _round(mean([i["latent_rel_l2"] for i in items]), 5),
+        "deterministic": all(i["deterministic"] for i in items),
+        "per_prompt": items,
+    }
+    if method.name == "hyca":
+        row["solver_map_id"] = solver_maps[method.interval].id
+    if method.params.get("cache") == "TaylorSeerCacheConfig":
+        row["expected_full_passes"] = diffusers_taylorseer_expected_refreshes(
+            steps, method.interval, DIFFUSERS_TAYLORSEER_WARMUP
+        )
+        if row["full_passes"] != row["expected_full_passes"]:
+            log(
+                f"WARNING: {method.name} N={method.interval}: attention ran in {row['full_passes']} passes, "
+                f"diffusers' schedule says {row['expected_full_passes']}: is the cache engaged?"
+            )
+    if not row["deterministic"]:
+        log(f"WARNING: {method.name} N={method.interval}: repeated runs of one prompt gave different results")
+    return row

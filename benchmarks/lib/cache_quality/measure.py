@@ -1,0 +1,200 @@
+"""Runs on one loaded model with at most one cache active at a time: what each run computed (transformer passes,
+the passes where the first attention or the last block really ran, FLOPs), and timings paired with uncached runs
+so that a machine whose load changes still gives honest ratios."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Timing: at most this many extra (uncached, cached) pairs while a side's two best times differ by > STABLE x.
+EXTRA_PAIRS = 3
+STABLE = 1.2
+
+
+def _sdpa_flops(query, key, value, *args, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query.shape, key.shape, value.shape)
+
+
+_sdpa_flops._get_raw = True  # FlopCounterMode: call with the tensors, not their shapes
+
+
+def flop_counter():
+    """A FlopCounterMode that also counts CPU attention (only the CUDA SDPA kernels are registered)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    mapping = {}
+    for name in ("_scaled_dot_product_flash_attention_for_cpu",):
+        op = getattr(torch.ops.aten, name, None)
+        if op is not None:
+            mapping[op] = _sdpa_flops
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
+class CallCounter:
+    """Counts forward calls of one submodule: it runs only when its block/attention really computes."""
+
+    def __init__(self, module) -> None:
+        self.count = 0
+        self.handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output) -> None:
+        self.count += 1
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+@dataclass
+class Run:
+    frames: Any
+    latents: Any
+    denoise_s: float
+    passes: int  # transformer calls (our step hook)
+    full: int  # ours: the cache's full count; -1 in mode none
+    attn_computes: int  # passes where the first double block's attention ran
+    tail_computes: int  # passes where the last single block ran
+    transformer_flops: int | None = None
+    deterministic: bool = True
+    reference_s: list[float] = field(default_factory=list)  # interleaved uncached timings
+    cached_s: list[float] = field(default_factory=list)
+
+
+class Bench:
+    """One loaded model, with at most one cache active at any time, and the runs that measure it."""
+
+    def __init__(self, model) -> None:
+        from hyca_batch.pipeline.generate import VideoGenerator
+
+        self.model = model
+        self.transformer = model.pipeline.transformer
+        self.generator: VideoGenerator | None = None
+        self.extra_pairs = 0  # timed pairs added because the timings disagreed (a noisy machine)
+        self.attn_counter = CallCounter(self.transformer.transformer_blocks[0].attn.to_q)
+        self.tail_counter = CallCounter(self.transformer.single_transformer_blocks[-1].proj_out)
+
+    # -- installing and removing caches (never two at once) -----------------------------------------------
+
+    def _diffusers_cache_active(self) -> bool:
+        return bool(getattr(self.transformer, "is_cache_enabled", False))
+
+    def install_ours(self, config, solver_map=None) -> None:
+        from hyca_batch.pipeline.generate import VideoGenerator
+
+        if self._diffusers_cache_active():
+            raise RuntimeError("a diffusers cache is still enabled; disable it before installing our FeatureCache")
+        self.remove_ours()
+        self.generator = VideoGenerator(self.model, cache=config, solver_map=solver_map)
+
+    def remove_ours(self) -> None:
+        if self.generator is not None:
+            self.generator.cache.remove()
+            self.generator = None
+
+    def enable_diffusers(self, config) -> None:
+        from hyca_batch.config import CacheConfig
+
+        self.disable_diffusers()
+        # Our cache stays installed only as the pass counter (mode none: no block hooks, nothing forecast).
+        if self.generator is None or self.generator.cache.config.mode != "none":
+            self.install_ours(CacheConfig(mode="none"))
+        self.transformer.enable_cache(config)
+
+    def disable_diffusers(self) -> None:
+        if self._diffusers_cache_active():
+            self.transformer.disable_cache()
+
+    def activate_reference(self) -> None:
+        from hyca_batch.config import CacheConfig
+
+        self.disable_diffusers()
+        if self.generator is None or self.generator.cache.config.mode != "none":
+            self.install_ours(CacheConfig(mode="none"))
+
+    def close(self) -> None:
+        self.disable_diffusers()
+        self.remove_ours()
+        self.attn_counter.remove()
+        self.tail_counter.remove()
+
+    # -- running ----------------------------------------------------------------------------------------
+
+    def once(self, request, count_flops: bool = False) -> Run:
+        self.attn_counter.count = self.tail_counter.count = 0
+        flops = None
+        if count_flops:
+            counter = flop_counter()
+            with counter:
+                result = self.generator(request)
+            per_module = counter.get_flop_counts().get(type(self.transformer).__name__, {})
+            flops = int(sum(per_module.values()))
+        else:
+            result = self.generator(request)
+        mode = self.generator.cache.config.mode
+        return Run(
+            frames=result.frames,
+            latents=result.latents,
+            denoise_s=result.timings["denoise_s"],
+            passes=result.transformer_passes_full + result.transformer_passes_skipped,
+            full=result.transformer_passes_full if mode != "none" else -1,
+            attn_computes=self.attn_counter.count,
+            tail_computes=self.tail_counter.count,
+            transformer_flops=flops,
+        )
+
+    def measure(
+        self,
+        request,
+        reference: Run,
+        activate: Callable[[], None],
+        repeats: int,
+        count_flops: bool,
+        tick: Callable[[], None],
+    ) -> Run:
+        """One untimed run (fidelity, FLOPs), then ``repeats`` timed pairs: uncached, cached.
+
+        Pairing puts each cached timing next to an uncached one, so a machine whose load changes over the
+        minutes of a benchmark still gives honest ratios; the best of each side is kept. All cached runs
+        must give the same latents, and every uncached one the reference's: no cache state may leak.
+        """
+        import torch
+
+        activate()
+        first = self.once(request, count_flops)
+        tick()
+
+        def pair() -> None:
+            self.activate_reference()
+            ref = self.once(request)
+            if not torch.equal(ref.latents, reference.latents):
+                raise RuntimeError(f"the uncached video of {request.prompt!r} changed: a cache left state behind")
+            first.reference_s.append(ref.denoise_s)
+            activate()
+            run = self.once(request)
+            first.cached_s.append(run.denoise_s)
+            if not torch.equal(run.latents, first.latents) or (run.attn_computes, run.tail_computes) != (
+                first.attn_computes,
+                first.tail_computes,
+            ):
+                first.deterministic = False
+
+        def unstable(times: list[float]) -> bool:
+            best = sorted(times)
+            return best[1] > STABLE * best[0]
+
+        for _ in range(repeats):
+            pair()
+            tick()
+        # With 2+ repeats, a few extra pairs while the two best times of a side disagree: a busy machine
+        # slows single runs by up to 100x.
+        extra = 0
+        while repeats >= 2 and extra < EXTRA_PAIRS and (unstable(first.cached_s) or unstable(first.reference_s)):
+            pair()
+            extra += 1
+        self.extra_pairs += extra
+        first.denoise_s = min(first.cached_s)
+        return first
