@@ -135,13 +135,13 @@ def read_records(storage: Storage) -> pa.Table:
     thousand. Records are never rewritten, so a snapshot row is always right; only ids that the snapshot
     does not have yet are read one file each.
     """
-    listed = storage.list(RECORDS)
-    keys = [record_key(i) for i in record_ids(listed)]
+    listed = record_ids(storage.list(RECORDS))
+    keys = [record_key(i) for i in listed]
     if not keys:
         return RECORD_SCHEMA.empty_table()
     fs, base = storage.arrow_filesystem()
     base = base.rstrip("/")
-    ids = pa.array(record_ids(listed), type=pa.string())
+    ids = pa.array(listed, type=pa.string())
     tables: list[pa.Table] = []
     if storage.exists(SNAPSHOT_KEY):
         snapshot = pq.read_table(f"{base}/{SNAPSHOT_KEY}", filesystem=fs)

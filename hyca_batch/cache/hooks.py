@@ -201,20 +201,27 @@ class _Arguments:
         return args[position] if position < len(args) else self.default[name]
 
 
-class _StepHook(ModelHook):
-    """On the transformer: counts steps per context, decides full or skipped, times the pass."""
+class _CacheHook(ModelHook):
+    """What every hook of the cache has: the cache, its per-context state, and its module's arguments by name."""
 
     _is_stateful = True
 
     def __init__(self, cache: FeatureCache):
         super().__init__()
-        self.cache = cache
-        self.state = cache.states
+        self.cache, self.state = cache, cache.states
         self.arg: _Arguments | None = None
 
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
         self.arg = _Arguments(module)
         return module
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.state.reset()
+        return module
+
+
+class _StepHook(_CacheHook):
+    """On the transformer: counts steps per context, decides full or skipped, times the pass."""
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         state: _CacheState = self.state.get_state()
@@ -241,10 +248,6 @@ class _StepHook(ModelHook):
             stats.skipped_s.append(elapsed)
         return output
 
-    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.state.reset()
-        return module
-
 
 class _Capture:
     """Forward hooks that remember submodule outputs during a full step."""
@@ -259,22 +262,11 @@ class _Capture:
         return capture
 
 
-class _BlockHook(ModelHook):
-    _is_stateful = True
-
+class _BlockHook(_CacheHook):
     def __init__(self, cache: FeatureCache, name: str = ""):
-        super().__init__()
-        self.cache, self.name, self.state = cache, name, cache.states
+        super().__init__(cache)
+        self.name = name
         self.capture = _Capture()
-        self.arg: _Arguments | None = None
-
-    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.arg = _Arguments(module)
-        return module
-
-    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.state.reset()
-        return module
 
 
 class _DoubleBlockHook(_BlockHook):

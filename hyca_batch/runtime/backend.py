@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -18,10 +17,8 @@ import torch
 from hyca_batch.cache import SolverMap
 from hyca_batch.config import CacheConfig, CalibrationConfig
 from hyca_batch.models import load_model
-from hyca_batch.pipeline.calibration import calibrate_model
-from hyca_batch.pipeline.generate import VideoGenerator
 from hyca_batch.runtime.ranks import RankGroup
-from hyca_batch.runtime.workers import RankSetup, VideoRank
+from hyca_batch.runtime.workers import RankSetup, VideoRank, VideoWork, model_info
 from hyca_batch.types import GenerationResult, Request
 
 
@@ -51,27 +48,14 @@ class LocalBackend(Backend):
 
     def __init__(self, setup: RankSetup):
         torch.set_num_threads(max(1, setup.threads))
-        self.model = load_model(setup.model, device=setup.device)
-        self.generator = None
-        if setup.cache is not None:
-            self.generator = VideoGenerator(self.model, cache=setup.cache, solver_map=setup.solver_map)
-        self.info = {
-            "model": self.model.spec.name,
-            "device": str(self.model.device),
-            "device_type": self.model.device.type,
-            "device_name": self.model.device_name,
-        }
+        self.work = VideoWork(load_model(setup.model, device=setup.device), setup)
+        self.info = model_info(self.work.model)
 
     def generate(self, request: Request, uncached: bool = False) -> GenerationResult:
-        if self.generator is None:
-            raise RuntimeError("this backend was opened without a cache configuration: it only calibrates")
-        with self.generator.uncached() if uncached else nullcontext():
-            return self.generator(request)
+        return self.work.generate(request, uncached)
 
     def calibrate(self, requests: Sequence[Request], cache: CacheConfig, config: CalibrationConfig) -> SolverMap:
-        if self.generator is not None:
-            raise RuntimeError("calibration runs on a backend of its own, opened without a cache configuration")
-        return calibrate_model(self.model, list(requests), cache, config)
+        return self.work.calibrate(requests, cache, config)
 
 
 class RankBackend(Backend):

@@ -1,12 +1,14 @@
-"""What a sequence-parallel rank builds: its share of a model, and the video generator on top of it.
+"""What a backend builds: a loaded model and its video work, in one process or as a sequence-parallel rank.
 
+``VideoWork`` generates or calibrates with a loaded model (the local backend's and every video rank's).
 ``ShardedModelRank`` is the part every rank worker has: load the model on this rank's device, join the
-replica's process groups, shard the transformer. ``VideoRank`` adds the ``VideoGenerator`` (generate,
-calibrate) that a replica's ranks run; the real-size benchmark adds its own measurements the same way.
+replica's process groups, shard the transformer. ``VideoRank`` adds the ``VideoWork`` that a replica's ranks
+run; the real-size benchmark adds its own measurements the same way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -15,8 +17,8 @@ import torch
 
 from hyca_batch.cache import SolverMap
 from hyca_batch.config import CacheConfig, CalibrationConfig, ParallelConfig
-from hyca_batch.models import ModelSpec, load_model, resolve_device
-from hyca_batch.parallel import apply_sequence_parallel, init_groups
+from hyca_batch.models import LoadedModel, ModelSpec, load_model, resolve_device
+from hyca_batch.parallel import SequenceParallel, apply_sequence_parallel, init_groups
 from hyca_batch.parallel.trace import CommTrace, trace_communication
 from hyca_batch.pipeline.calibration import calibrate_model
 from hyca_batch.pipeline.generate import VideoGenerator
@@ -36,6 +38,38 @@ class RankSetup:
     trace: bool = False  # count and time communication per transformer pass (parallel.trace)
 
 
+def model_info(model: LoadedModel) -> dict[str, Any]:
+    """What a backend reports about its model: the records and the cost report take name and device from it."""
+    return {
+        "model": model.spec.name,
+        "device": str(model.device),
+        "device_type": model.device.type,
+        "device_name": model.device_name,
+    }
+
+
+class VideoWork:
+    """A loaded model and, when the setup has a cache configuration, its generator. It generates or calibrates,
+    not both: a calibration probe installs a cache of its own, and a transformer carries one cache at a time."""
+
+    def __init__(self, model: LoadedModel, setup: RankSetup, parallel: SequenceParallel | None = None):
+        self.model, self.parallel = model, parallel
+        self.generator = None
+        if setup.cache is not None:
+            self.generator = VideoGenerator(model, setup.cache, setup.solver_map, parallel=parallel)
+
+    def generate(self, request: Request, uncached: bool = False) -> GenerationResult:
+        if self.generator is None:
+            raise RuntimeError("opened without a cache configuration: it only calibrates")
+        with self.generator.uncached() if uncached else nullcontext():
+            return self.generator(request)
+
+    def calibrate(self, requests: Sequence[Request], cache: CacheConfig, config: CalibrationConfig) -> SolverMap:
+        if self.generator is not None:
+            raise RuntimeError("calibration runs on a backend of its own, opened without a cache configuration")
+        return calibrate_model(self.model, list(requests), cache, config, parallel=self.parallel)
+
+
 class ShardedModelRank:
     """One rank's model, loaded on its device and sharded over the replica's groups."""
 
@@ -52,10 +86,7 @@ class ShardedModelRank:
 
     def report(self) -> dict[str, Any]:
         return {
-            "device": str(self.model.device),
-            "device_type": self.model.device.type,
-            "device_name": self.model.device_name,
-            "model": self.model.spec.name,
+            **model_info(self.model),
             "ulysses": self.groups.ulysses,
             "ring": self.groups.ring,
             "attention": self.sp.attention_kernel,
@@ -67,26 +98,19 @@ class VideoRank(ShardedModelRank):
 
     def __init__(self, setup: RankSetup, rank: int, world: int, init_method: str):
         super().__init__(setup, rank, world, init_method)
-        self.generator = None
+        self.work = VideoWork(self.model, setup, parallel=self.sp)
         self.tracer = None
-        if setup.cache is not None:
-            self.generator = VideoGenerator(self.model, setup.cache, setup.solver_map, parallel=self.sp)
-            if setup.trace:
-                self.tracer = trace_communication(self.model.pipeline.transformer, self.generator.cache.pass_is_full)
+        if setup.trace and self.work.generator is not None:
+            self.tracer = trace_communication(self.model.pipeline.transformer, self.work.generator.cache.pass_is_full)
 
     def generate(self, request: Request, uncached: bool) -> GenerationResult | None:
-        if self.generator is None:
-            raise RuntimeError("this group was started without a cache configuration: it only calibrates")
         if self.tracer is not None:
             self.tracer.trace = CommTrace()
-        with self.generator.uncached() if uncached else nullcontext():
-            result = self.generator(request)
+        result = self.work.generate(request, uncached)
         return result if self.rank == 0 else None
 
     def calibrate(self, requests: list[Request], cache: CacheConfig, config: CalibrationConfig) -> SolverMap | None:
-        if self.generator is not None:
-            raise RuntimeError("calibration runs in a group of its own, started without a cache configuration")
-        smap = calibrate_model(self.model, requests, cache, config, parallel=self.sp)
+        smap = self.work.calibrate(requests, cache, config)
         return smap if self.rank == 0 else None
 
     def last_trace(self) -> dict[str, Any] | None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from hyca_batch.models.registry import MINI_DEFAULTS
+from hyca_batch.models.tiny import build_tiny_pipeline  # mini's frozen text encoders and tokenizers are tiny's
 
 if TYPE_CHECKING:
     import torch
@@ -142,8 +143,6 @@ def build_mini_transformer(
 def build_untrained_mini_pipeline(seed: int = 0, **transformer_kwargs: int) -> HunyuanVideoPipeline:
     """The mini pipeline before training: tiny frozen text path, fresh VAE and transformer."""
     from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
-
-    from hyca_batch.models.tiny import build_tiny_pipeline  # its frozen text encoders and tokenizers
 
     tiny = build_tiny_pipeline(MINI_TEXT_SEED)
     transformer = build_mini_transformer(
