@@ -17,7 +17,6 @@ import functools
 import glob
 import hashlib
 import json
-import math
 import os
 import re
 from collections import defaultdict
@@ -25,17 +24,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pyarrow.types as pat
 
 from hyca_batch.records import RESERVED_FIELDS
 from hyca_batch.storage import StorageError, open_storage
-from hyca_batch.types import GENERATION_FIELDS, REQUEST_SCHEMA, GenerationDefaults, Request
+from hyca_batch.types import GENERATION_FIELDS, REQUEST_SCHEMA, GenerationDefaults
 
 #: Columns a manifest row may set; every other column is carried into the record unchanged.
 KNOWN_COLUMNS = ("prompt", "id", "seed", *GENERATION_FIELDS)
 
+#: A valid id, matched against the whole id: RE2 (pyarrow) reads ``$`` as the end of the text, and Python code
+#: uses ``fullmatch``, so "abc\n" is no id.
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_SEED = 2**63 - 1
 
@@ -58,6 +61,7 @@ class RowError:
     message: str
     key: str  # the id its error record is stored under
     prompt: str | None = None
+    reason: str = ""  # the message without its values, for counting rejections by kind
 
     def __str__(self) -> str:
         return f"{self.file}: row {self.row}: {self.field}: {self.message}"
@@ -72,10 +76,12 @@ class Manifest:
     rejected: list[RowError]
     extra_schema: pa.Schema
     merged_duplicates: int = 0
+    total_rows: int = 0  # rows read, over every file
 
     @property
-    def total_rows(self) -> int:
-        return self.requests.num_rows + len(self.rejected) + self.merged_duplicates
+    def rejected_rows(self) -> int:
+        """Rows rejected (a row may fail several checks; each is a RowError)."""
+        return len({(e.file, e.row) for e in self.rejected})
 
 
 @functools.lru_cache(maxsize=16)
@@ -144,7 +150,8 @@ def expand_inputs(inputs: Iterable[str], *, s3_endpoint_url: str | None = None) 
 def default_id(params: dict[str, Any], explicit_seed: bool) -> str:
     """A stable id from the generation parameters, so a re-run of the same row finds the same id.
 
-    The seed is part of the hash only when the row gives one; otherwise the seed derives from the id.
+    The seed is part of the hash only when the row gives one; otherwise the seed derives from the id. This is
+    the reference for one row; :func:`_default_ids` computes the same for a whole column.
     """
     payload = {k: v for k, v in params.items() if k != "seed" or explicit_seed}
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
@@ -157,13 +164,13 @@ def default_seed(video_id: str) -> int:
 
 
 def check_size(height: int, width: int, num_frames: int) -> list[tuple[str, str]]:
-    """(field, message) for every size HunyuanVideo cannot take."""
+    """(field, message) for every size HunyuanVideo cannot take (one request; rows are checked by column)."""
     problems = []
     for name, value in (("height", height), ("width", width)):
         if value <= 0 or value % 16:
-            problems.append((name, f"must be a positive multiple of 16, got {value}"))
+            problems.append((name, _MESSAGES["multiple16"].format(value)))
     if num_frames <= 0 or num_frames % 4 != 1:
-        problems.append(("num_frames", f"must be 4k+1 (1, 5, 9, ..., 129), got {num_frames}"))
+        problems.append(("num_frames", _MESSAGES["frames"].format(value=num_frames)))
     return problems
 
 
@@ -174,7 +181,11 @@ def read_manifest(
     max_prompt_chars: int = 4000,
     s3_endpoint_url: str | None = None,
 ) -> Manifest:
-    """Read, validate and resolve every row of the given manifests (local files or ``s3://`` objects)."""
+    """Read, validate and resolve every row of the given manifests (local files or ``s3://`` objects).
+
+    Every check runs over whole columns with pyarrow compute; Python touches only the rows that fail (to word
+    their messages) and the ids it must hash.
+    """
     files = expand_inputs(inputs, s3_endpoint_url=s3_endpoint_url)
     tables: list[tuple[str, pa.Table]] = []
     problems: list[str] = []
@@ -195,16 +206,21 @@ def read_manifest(
     if problems:
         raise ManifestError(problems)
 
-    rows: list[dict[str, Any]] = []
-    rejected: list[RowError] = []
-    for path, table in tables:
-        _resolve_rows(path, table, defaults, max_prompt_chars, extra_schema, rows, rejected)
-    rows, dup_rejected, merged = _dedupe(rows)
-    rejected.extend(dup_rejected)
-
     schema = pa.schema(list(REQUEST_SCHEMA) + list(extra_schema))
-    requests = pa.Table.from_pylist(rows, schema=schema)
-    return Manifest(files, requests, rejected, extra_schema, merged)
+    parts: list[pa.Table] = []
+    rejected: list[RowError] = []
+    rows = 0
+    while tables:
+        path, table = tables.pop(0)  # each file's raw table is released once resolved
+        part, bad = _resolve(path, table, defaults, max_prompt_chars, extra_schema)
+        rows += table.num_rows
+        parts.append(part.cast(schema))
+        rejected.extend(bad)
+        del table
+    requests = pa.concat_tables(parts) if parts else schema.empty_table()
+    requests, dup_rejected, merged = _dedupe(requests)
+    rejected.extend(dup_rejected)
+    return Manifest(files, requests, rejected, extra_schema, merged, rows)
 
 
 def _check_columns(path: str, schema: pa.Schema) -> list[str]:
@@ -218,7 +234,7 @@ def _check_columns(path: str, schema: pa.Schema) -> list[str]:
         if name == "prompt":
             ok = pat.is_string(typ) or pat.is_large_string(typ) or pat.is_binary(typ) or pat.is_large_binary(typ)
         elif name == "id":
-            ok = pat.is_string(typ) or pat.is_large_string(typ) or pat.is_integer(typ)
+            ok = pat.is_string(typ) or pat.is_large_string(typ) or pat.is_integer(typ) or pat.is_null(typ)
         else:
             ok = pat.is_integer(typ) or pat.is_floating(typ) or pat.is_null(typ)
         if not ok:
@@ -247,141 +263,321 @@ def _extra_schema(tables: list[tuple[str, pa.Table]], problems: list[str]) -> pa
     return pa.schema([f.with_nullable(True) for f, _ in fields.values()])
 
 
-def _as_int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"must be an integer, got {value!r}")
-    if isinstance(value, float):
-        if not math.isfinite(value) or value != int(value):
-            raise ValueError(f"must be an integer, got {value!r}")
-        return int(value)
-    return int(value)
+#: Each rejection's wording; the reason a plan groups rejections by is the template with its values left out.
+_MESSAGES = {
+    "utf8": "is not valid UTF-8 ({reason} at byte {start})",
+    "null": "is null",
+    "empty": "is empty",
+    "long": "has {value} characters; the limit is {limit}",
+    "integer": "must be an integer, got {value!r}",
+    "multiple16": "must be a positive multiple of 16, got {}",
+    "frames": "must be 4k+1 (1, 5, 9, ..., 129), got {value}",
+    "steps": "must be between 1 and 1000, got {value}",
+    "fps": "must be between 1 and 240, got {value}",
+    "guidance": "must be a finite number >= 0, got {value}",
+    "seed": "must be between 0 and 2**63-1, got {value}",
+    "id": "{value!r} must match {pattern} (it names output files)",
+    "duplicate": "duplicate id {value!r} with different parameters (at {places})",
+}
+#: The ranges of the integer fields besides the size (which ``check_size`` words).
+_RANGES = {"num_inference_steps": (1, 1000, "steps"), "fps": (1, 240, "fps")}
 
 
-def _resolve_rows(
-    path: str,
-    table: pa.Table,
-    defaults: GenerationDefaults,
-    max_prompt_chars: int,
-    extra_schema: pa.Schema,
-    out: list[dict[str, Any]],
-    rejected: list[RowError],
-) -> None:
-    n = table.num_rows
-    cols = {name: table.column(name).to_pylist() for name in KNOWN_COLUMNS if name in table.schema.names}
-    extras = {name: table.column(name).to_pylist() for name in _extra_names(table.schema)}
-    for name in extra_schema.names:
-        extras.setdefault(name, [None] * n)
+def reason_of(error: RowError) -> str:
+    """What a rejection is, without its values: ``"height: must be a positive multiple of 16"``."""
+    return f"{error.field}: {error.reason}"
 
-    for row in range(n):
-        errors: list[tuple[str, str]] = []
-        prompt = cols["prompt"][row]
-        if isinstance(prompt, bytes):
-            try:
-                prompt = prompt.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                errors.append(("prompt", f"is not valid UTF-8 ({exc.reason} at byte {exc.start})"))
-                prompt = None
-        if prompt is None and not errors:
-            errors.append(("prompt", "is null"))
-        elif isinstance(prompt, str):
-            if not prompt.strip():
-                errors.append(("prompt", "is empty"))
-            elif len(prompt) > max_prompt_chars:
-                errors.append(("prompt", f"has {len(prompt)} characters; the limit is {max_prompt_chars}"))
 
-        params: dict[str, Any] = {}
-        for name in GENERATION_FIELDS:
-            value = cols.get(name, [None] * n)[row]
-            if value is None or (isinstance(value, float) and math.isnan(value)):
-                params[name] = getattr(defaults, name)
-                continue
-            try:
-                params[name] = float(value) if name == "guidance_scale" else _as_int(value)
-            except (TypeError, ValueError) as exc:
-                errors.append((name, str(exc)))
-        if not any(f in ("height", "width", "num_frames") for f, _ in errors):
-            errors.extend(check_size(params["height"], params["width"], params["num_frames"]))
-        if "num_inference_steps" in params and not 1 <= params["num_inference_steps"] <= 1000:
-            errors.append(("num_inference_steps", f"must be between 1 and 1000, got {params['num_inference_steps']}"))
-        if "fps" in params and not 1 <= params["fps"] <= 240:
-            errors.append(("fps", f"must be between 1 and 240, got {params['fps']}"))
-        if "guidance_scale" in params and not (
-            math.isfinite(params["guidance_scale"]) and params["guidance_scale"] >= 0
-        ):
-            errors.append(("guidance_scale", f"must be a finite number >= 0, got {params['guidance_scale']}"))
+class _Rejections:
+    """The failed checks of one file, as boolean masks over its rows; messages are worded for failing rows only."""
 
-        seed_value = cols.get("seed", [None] * n)[row]
-        explicit_seed = seed_value is not None and not (isinstance(seed_value, float) and math.isnan(seed_value))
-        seed: int | None = None
-        if explicit_seed:
-            try:
-                seed = _as_int(seed_value)
-                if not 0 <= seed <= MAX_SEED:
-                    raise ValueError(f"must be between 0 and 2**63-1, got {seed}")
-            except (TypeError, ValueError) as exc:
-                errors.append(("seed", str(exc)))
+    def __init__(self, path: str, n: int):
+        self.path, self.n = path, n
+        self.bad = np.zeros(n, dtype=bool)
+        self.found: list[tuple[int, int, str, str, str]] = []  # (row, order, field, message, reason)
 
-        raw_id = cols.get("id", [None] * n)[row]
-        video_id: str | None = None
-        if raw_id is not None:
-            video_id = str(raw_id)
-            if not ID_PATTERN.match(video_id):
-                errors.append(("id", f"{video_id[:80]!r} must match {ID_PATTERN.pattern} (it names output files)"))
-                video_id = None
-        if video_id is None and not errors:
-            video_id = default_id({"prompt": prompt, "seed": seed, **params}, explicit_seed)
+    def add(self, mask: pa.Array | np.ndarray, field: str, kind: str, values: pa.Array | None = None, **fmt: Any):
+        """Reject the rows where ``mask`` holds, worded by ``_MESSAGES[kind]`` with each row's ``values``."""
+        if isinstance(mask, pa.Array | pa.ChunkedArray):
+            mask = pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(mask)
+        if not len(rows):
+            return
+        self.bad[rows] = True
+        template = _MESSAGES[kind]
+        shown = values.take(pa.array(rows)).to_pylist() if values is not None else [None] * len(rows)
+        reason = template.split(",")[0].split(" (")[0].replace("{value!r} ", "").replace(", got {}", "")
+        for row, value in zip(rows.tolist(), shown):
+            self.found.append((row, len(self.found), field, template.format(value, value=value, **fmt), reason))
 
-        if errors:
-            key = video_id or "row-" + hashlib.sha256(f"{path}:{row}".encode()).hexdigest()[:20]
-            for fld, msg in errors:
-                rejected.append(RowError(path, row, fld, msg, key, prompt if isinstance(prompt, str) else None))
+    def mask(self, rows: list[int]) -> None:
+        self.bad[rows] = True
+
+
+def _column(table: pa.Table, name: str) -> pa.Array | None:
+    if name not in table.schema.names or pat.is_null(table.schema.field(name).type):
+        return None
+    column = table.column(name)
+    return column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+
+
+def _prompts(table: pa.Table, rej: _Rejections, max_chars: int) -> pa.Array:
+    """The prompt column as UTF-8 strings; null, empty, too long or undecodable prompts are rejected."""
+    raw = _column(table, "prompt")
+    if raw is None:
+        raw = pa.nulls(table.num_rows, pa.string())
+    undecodable = np.zeros(table.num_rows, dtype=bool)
+    if pat.is_binary(raw.type) or pat.is_large_binary(raw.type):
+        raw, undecodable = _decode_utf8(raw, rej)
+    prompts = raw.cast(pa.string())
+    rej.add(pc.and_(pc.is_null(prompts), pa.array(~undecodable)), "prompt", "null")
+    lengths = pc.utf8_length(prompts)
+    rej.add(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(prompts)), 0), "prompt", "empty")
+    too_long = pc.and_(pc.greater(lengths, max_chars), pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(prompts)), 0))
+    rej.add(too_long, "prompt", "long", lengths, limit=max_chars)
+    return prompts
+
+
+def _decode_utf8(raw: pa.Array, rej: _Rejections) -> tuple[pa.Array, np.ndarray]:
+    """A binary column as strings: blocks that are valid UTF-8 convert at once; only a failing block is
+    decoded value by value, to find and word the bad rows."""
+    block = 4096
+    pieces, bad = [], np.zeros(len(raw), dtype=bool)
+    for start in range(0, len(raw), block):
+        chunk = raw.slice(start, block)
+        try:
+            pieces.append(chunk.cast(pa.string()))
             continue
-        record = {
-            "id": video_id,
-            "prompt": prompt,
-            "seed": seed if explicit_seed else default_seed(video_id),
-            **params,
-            "source_file": path,
-            "source_row": row,
-        }
-        record.update({name: extras[name][row] for name in extra_schema.names})
-        out.append(record)
+        except pa.ArrowInvalid:
+            pass
+        values: list[str | None] = []
+        for offset, data in enumerate(chunk.to_pylist()):
+            try:
+                values.append(None if data is None else data.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                values.append(None)
+                bad[start + offset] = True
+                row = np.zeros(len(raw), dtype=bool)
+                row[start + offset] = True
+                rej.add(row, "prompt", "utf8", reason=exc.reason, start=exc.start)
+        pieces.append(pa.array(values, pa.string()))
+    return (pa.concat_arrays(pieces) if pieces else pa.array([], pa.string())), bad
 
 
-def _dedupe(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[RowError], int]:
+def _numbers(table: pa.Table, name: str, rej: _Rejections, *, floating: bool) -> tuple[pa.Array | None, np.ndarray]:
+    """A numeric field as int64 (float64 for ``floating``) with nulls where the row leaves it to the default;
+    values that are not integers (or do not fit int64) are rejected. Returns (values, rejected rows)."""
+    raw = _column(table, name)
+    bad = np.zeros(table.num_rows, dtype=bool)
+    if raw is None:
+        return None, bad
+    if pat.is_floating(raw.type):
+        values = raw.cast(pa.float64())
+        values = pc.if_else(pc.is_nan(values), pa.scalar(None, pa.float64()), values)  # NaN: pandas' null
+        if floating:
+            return values, bad
+        finite = pc.is_finite(values)
+        whole = pc.and_(finite, pc.equal(values, pc.floor(values)))
+        fits = pc.and_(pc.greater_equal(values, -(2.0**63)), pc.less(values, 2.0**63))
+        not_int = pc.and_(pc.is_valid(values), pc.invert(pc.and_(whole, fits)))
+        bad = pc.fill_null(not_int, False).to_numpy(zero_copy_only=False)
+        rej.add(bad, name, "integer", values)
+        values = pc.if_else(not_int, pa.scalar(None, pa.float64()), values).cast(pa.int64())
+        return values, bad
+    if floating:
+        return raw.cast(pa.float64()), bad
+    if raw.type == pa.uint64():
+        over = pc.greater(raw, MAX_SEED)
+        bad = pc.fill_null(over, False).to_numpy(zero_copy_only=False)
+        rej.add(bad, name, "seed" if name == "seed" else "integer", raw)
+        raw = pc.if_else(over, pa.scalar(None, pa.uint64()), raw)
+    return raw.cast(pa.int64()), bad
+
+
+def _outside(values: pa.Array, low: float, high: float) -> pa.Array:
+    return pc.or_(pc.less(values, low), pc.greater(values, high))
+
+
+def _resolve(
+    path: str, table: pa.Table, defaults: GenerationDefaults, max_prompt_chars: int, extra_schema: pa.Schema
+) -> tuple[pa.Table, list[RowError]]:
+    """One file's rows as requests (``REQUEST_SCHEMA`` + carried columns) and its rejected rows."""
+    n = table.num_rows
+    rej = _Rejections(path, n)
+    prompts = _prompts(table, rej, max_prompt_chars)
+
+    params: dict[str, pa.Array] = {}
+    unparsed: dict[str, np.ndarray] = {}
+    for name in GENERATION_FIELDS:
+        floating = name == "guidance_scale"
+        values, unparsed[name] = _numbers(table, name, rej, floating=floating)
+        default = getattr(defaults, name)
+        kind = pa.float64() if floating else pa.int64()
+        params[name] = pa.repeat(pa.scalar(default, kind), n) if values is None else pc.fill_null(values, default)
+    size_parsed = ~(unparsed["height"] | unparsed["width"] | unparsed["num_frames"])
+    for name in ("height", "width"):
+        v = params[name]
+        wrong = pc.or_(pc.less_equal(v, 0), pc.not_equal(pc.modulo(v, 16), 0))
+        rej.add(pc.and_(wrong, pa.array(size_parsed)), name, "multiple16", v)
+    frames = params["num_frames"]
+    wrong = pc.or_(pc.less_equal(frames, 0), pc.not_equal(pc.modulo(frames, 4), 1))
+    rej.add(pc.and_(wrong, pa.array(size_parsed)), "num_frames", "frames", frames)
+    for name, (low, high, kind) in _RANGES.items():
+        rej.add(pc.and_(_outside(params[name], low, high), pa.array(~unparsed[name])), name, kind, params[name])
+    guidance = params["guidance_scale"]
+    rej.add(
+        pc.invert(pc.and_(pc.is_finite(guidance), pc.greater_equal(guidance, 0))),
+        "guidance_scale",
+        "guidance",
+        guidance,
+    )
+
+    seeds, _ = _numbers(table, "seed", rej, floating=False)
+    if seeds is None:
+        seeds = pa.nulls(n, pa.int64())
+    rej.add(_outside(seeds, 0, MAX_SEED), "seed", "seed", seeds)
+    explicit_seed = pc.is_valid(seeds)
+
+    ids = _column(table, "id")
+    if ids is None:
+        ids = pa.nulls(n, pa.string())
+    ids = ids.cast(pa.string())
+    malformed = pc.and_(pc.is_valid(ids), pc.invert(pc.match_substring_regex(ids, ID_PATTERN.pattern)))
+    shown = pc.utf8_slice_codeunits(ids, 0, 80)
+    rej.add(malformed, "id", "id", shown, pattern=ID_PATTERN.pattern)
+    ids = pc.if_else(malformed, pa.scalar(None, pa.string()), ids)
+
+    rejected = _row_errors(rej, ids, prompts)
+    good = pa.array(np.flatnonzero(~rej.bad))
+    keep = {name: column.take(good) for name, column in params.items()}
+    prompts, ids, seeds, explicit_seed = prompts.take(good), ids.take(good), seeds.take(good), explicit_seed.take(good)
+    derived = pc.is_null(ids)
+    if pc.any(derived).as_py():
+        missing = pa.array(np.flatnonzero(derived.to_numpy(zero_copy_only=False)))
+        new = _default_ids(
+            prompts.take(missing),
+            seeds.take(missing),
+            explicit_seed.take(missing),
+            {k: v.take(missing) for k, v in keep.items()},
+        )
+        ids = pc.replace_with_mask(ids, derived, new)
+    seeds = pc.if_else(explicit_seed, seeds, _default_seeds(ids))
+    columns: dict[str, pa.Array] = {"id": ids, "prompt": prompts, "seed": seeds, **keep}
+    columns["source_file"] = pa.DictionaryArray.from_arrays(
+        pa.array(np.zeros(len(good), dtype=np.int32)), pa.array([path])
+    ).cast(pa.string())
+    columns["source_row"] = good.cast(pa.int64())
+    for field in extra_schema:
+        column = _column(table, field.name) if field.name in table.schema.names else None
+        if column is None:
+            column = pa.nulls(n, field.type)
+        columns[field.name] = column.cast(field.type).take(good)
+    return pa.table(columns), rejected
+
+
+def _row_errors(rej: _Rejections, ids: pa.Array, prompts: pa.Array) -> list[RowError]:
+    """RowErrors for the rejected rows, in row order; a row's key is its id when valid, else one from its place."""
+    if not rej.found:
+        return []
+    rows = sorted({row for row, *_ in rej.found})
+    taken = pa.array(rows)
+    keys = dict(zip(rows, ids.take(taken).to_pylist()))
+    texts = dict(zip(rows, prompts.take(taken).to_pylist()))
+    errors = []
+    for row, _, field, message, reason in sorted(rej.found):
+        key = keys[row] or "row-" + hashlib.sha256(f"{rej.path}:{row}".encode()).hexdigest()[:20]
+        errors.append(RowError(rej.path, row, field, message, key, texts[row], reason))
+    return errors
+
+
+def _json_strings(values: pa.Array) -> pa.Array:
+    """``json.dumps(v, ensure_ascii=False)`` of every string: quoted, and escaped only where needed."""
+    quoted = pc.binary_join_element_wise('"', values, '"', "")
+    needs = pc.match_substring_regex(values, r'[\x00-\x1f"\\]')
+    if not pc.any(needs).as_py():
+        return quoted
+    escaped = [json.dumps(v, ensure_ascii=False) for v in pc.filter(values, needs).to_pylist()]
+    return pc.replace_with_mask(quoted, needs, pa.array(escaped, pa.string()))
+
+
+def _default_ids(prompts: pa.Array, seeds: pa.Array, explicit_seed: pa.Array, params: dict[str, pa.Array]) -> pa.Array:
+    """:func:`default_id` of every row: the same JSON, built column by column, then hashed."""
+    as_json: dict[str, pa.Array] = {"prompt": _json_strings(prompts)}
+    for name, values in params.items():
+        if pat.is_floating(values.type):  # Python's float repr, as json.dumps writes it: one per distinct value
+            distinct = pc.unique(values)
+            text = pa.array([json.dumps(v) for v in distinct.to_pylist()], pa.string())
+            as_json[name] = text.take(pc.index_in(values, distinct))
+        else:
+            as_json[name] = values.cast(pa.string())
+    seed_text = pc.binary_join_element_wise('"seed": ', seeds.cast(pa.string()), ", ", "")
+    as_json["seed"] = pc.if_else(explicit_seed, seed_text, "")
+    pieces: list[Any] = ["{"]
+    names = sorted(as_json)
+    for i, name in enumerate(names):
+        if name == "seed":
+            pieces.append(as_json[name])  # carries its own separator: absent when the row has no seed
+            continue
+        last = i == len(names) - 1
+        pieces += [f'"{name}": ', as_json[name], "}" if last else ", "]
+    payload = pc.binary_join_element_wise(*pieces, "")
+    # sha256 has no Arrow kernel: this (and _default_seeds) is the one step per row, over bare bytes.
+    digests = [hashlib.sha256(b).hexdigest()[:20] for b in payload.cast(pa.binary()).to_pylist()]
+    return pc.binary_join_element_wise("v", pa.array(digests, pa.string()), "")
+
+
+def _default_seeds(ids: pa.Array) -> pa.Array:
+    """:func:`default_seed` of every id."""
+    prefixed = pc.binary_join_element_wise("seed:", ids, "").cast(pa.binary())
+    packed = b"".join(hashlib.sha256(b).digest()[:4] for b in prefixed.to_pylist())
+    return pa.array(np.frombuffer(packed, dtype=">u4").astype(np.int64))
+
+
+def _dedupe(requests: pa.Table) -> tuple[pa.Table, list[RowError], int]:
     """Identical duplicates collapse to one video; an id claimed by different rows is rejected everywhere.
 
     Running either of two conflicting rows would write a video the user may not have meant under that id,
-    so neither runs, and the one error record lists every place the id appears.
+    so neither runs, and the one error record lists every place the id appears. Grouped by Arrow: only the
+    rows whose id repeats are looked at again.
     """
-    by_id: dict[str, list[int]] = defaultdict(list)
-    for i, row in enumerate(rows):
-        by_id[row["id"]].append(i)
-    keep: list[dict[str, Any]] = []
+    n = requests.num_rows
+    table = requests.append_column("_row", pa.array(np.arange(n, dtype=np.int64)))
+    counts = table.group_by("id").aggregate([([], "count_all")])
+    repeated = counts.filter(pc.greater(counts.column("count_all"), 1)).column("id")
     rejected: list[RowError] = []
     merged = 0
-    for video_id, idxs in by_id.items():
-        first = rows[idxs[0]]
-        if len(idxs) == 1:
-            keep.append(first)
-            continue
-        signature = [Request.from_row(rows[i]).generation_params() for i in idxs]
-        if all(s == signature[0] for s in signature):
-            keep.append(first)
-            merged += len(idxs) - 1
-            continue
-        places = ", ".join(f"{rows[i]['source_file']} row {rows[i]['source_row']}" for i in idxs)
-        for i in idxs:
-            r = rows[i]
-            rejected.append(
-                RowError(
-                    r["source_file"],
-                    r["source_row"],
-                    "id",
-                    f"duplicate id {video_id!r} with different parameters (at {places})",
-                    video_id,
-                    r["prompt"],
-                )
-            )
-    keep.sort(key=lambda r: (r["source_file"], r["source_row"]))
-    return keep, rejected, merged
+    if len(repeated):
+        in_repeated = pc.is_in(table.column("id"), repeated)
+        dups = table.filter(in_repeated)
+        signatures = dups.group_by(["id", "prompt", "seed", *GENERATION_FIELDS]).aggregate([])
+        variants = signatures.group_by("id").aggregate([([], "count_all")])
+        conflicting = variants.filter(pc.greater(variants.column("count_all"), 1)).column("id")
+        conflicts = dups.filter(pc.is_in(dups.column("id"), conflicting))
+        agreeing = dups.filter(pc.invert(pc.is_in(dups.column("id"), conflicting)))
+        firsts = agreeing.group_by("id").aggregate([("_row", "min")]).column("_row_min")
+        merged = agreeing.num_rows - len(firsts)
+        keep = pc.or_(pc.invert(in_repeated), pc.is_in(table.column("_row"), firsts))
+        table = table.filter(keep)
+        rejected = _conflict_errors(conflicts)
+    table = table.drop_columns(["_row"]).sort_by([("source_file", "ascending"), ("source_row", "ascending")])
+    return table, rejected, merged
+
+
+def _conflict_errors(conflicts: pa.Table) -> list[RowError]:
+    rows = conflicts.select(["id", "prompt", "source_file", "source_row"]).to_pylist()
+    places: dict[str, list[str]] = defaultdict(list)
+    for r in rows:
+        places[r["id"]].append(f"{r['source_file']} row {r['source_row']}")
+    template, reason = _MESSAGES["duplicate"], "duplicate id with different parameters"
+    return [
+        RowError(
+            r["source_file"],
+            r["source_row"],
+            "id",
+            template.format(value=r["id"], places=", ".join(places[r["id"]])),
+            r["id"],
+            r["prompt"],
+            reason,
+        )
+        for r in sorted(rows, key=lambda r: (r["source_file"], r["source_row"]))
+    ]
