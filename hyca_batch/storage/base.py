@@ -11,8 +11,17 @@ them all), so no caller builds paths itself. The two promises the job relies on 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+
+#: Requests in flight for the bulk calls (``read_many``, ``put_many``): on S3 each object is a round trip.
+BULK_WORKERS = 32
+
+#: What ``listing`` returns: every key under a prefix with its last-modified time (seconds since the epoch).
+LISTING_SCHEMA = pa.schema([("key", pa.string()), ("modified", pa.float64())])
 
 # Leading '.' also keeps pyarrow.dataset from reading temp files (its default ignore_prefixes).
 TMP_PREFIX = ".tmp-"
@@ -67,8 +76,35 @@ class Storage(ABC):
         """Whether an object (not a mere prefix) is stored under ``key``."""
 
     @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object under ``key``; a missing one is not an error."""
+
+    @abstractmethod
+    def listing(self, prefix: str = "") -> pa.Table:
+        """Every key starting with ``prefix`` (a plain string prefix, as on S3), recursively, sorted, with its
+        last-modified time (``LISTING_SCHEMA``): one listing, however many objects, held as Arrow."""
+
     def list(self, prefix: str = "") -> list[str]:
-        """Sorted keys starting with ``prefix`` (a plain string prefix, as on S3), recursively."""
+        """Sorted keys starting with ``prefix``."""
+        return self.listing(prefix).column("key").to_pylist()
+
+    def read_many(self, keys: Iterable[str]) -> list[bytes | None]:
+        """The bytes of many objects (None where there is none), fetched concurrently."""
+
+        def read(key: str) -> bytes | None:
+            try:
+                return self.read_bytes(key)
+            except FileNotFoundError:
+                return None
+
+        with ThreadPoolExecutor(max_workers=BULK_WORKERS) as pool:
+            return list(pool.map(read, keys))
+
+    def put_many(self, items: Iterable[tuple[str, bytes]], *, overwrite: bool = False) -> list[str]:
+        """``put_bytes`` of many objects, concurrently; the first failure is raised once all have ended."""
+        with ThreadPoolExecutor(max_workers=BULK_WORKERS) as pool:
+            futures = [pool.submit(self.put_bytes, key, data, overwrite=overwrite) for key, data in items]
+        return [f.result() for f in futures]
 
     @abstractmethod
     def arrow_filesystem(self) -> tuple[pafs.FileSystem, str]:

@@ -5,7 +5,7 @@ report all read and write through these names, so the layout can only change her
 videos/<id>.mp4                   the video (written before its record)
 records/<id>.parquet              the video's record: its commit marker, written last and exclusively
 errors/<id>.json                  why a row was rejected or a video failed, with every earlier attempt
-records.parquet                   all records in one file (a cache for readers; records/ is the truth)
+records.parquet/part-*.parquet    the records in a few files (a cache for readers; records/ is the truth)
 run.json                          the latest invocation's options, identity, versions and counts
 progress.json                     the running invocation's counts and ETA, rewritten as it runs
 runs/<run_id>.json                every invocation's document (the cost report charges each)
@@ -18,7 +18,8 @@ from __future__ import annotations
 
 RUN_KEY = "run.json"
 PROGRESS_KEY = "progress.json"
-SNAPSHOT_KEY = "records.parquet"
+SNAPSHOT = "records.parquet/"  # a Parquet dataset directory: pandas, pyarrow and duckdb read it as one table
+LEGACY_SNAPSHOT_KEY = "records.parquet"  # the single file earlier versions wrote; replaced on the next run
 SOLVER_MAP_KEY = "solver_map.safetensors"
 SOLVER_MAP_JSON_KEY = "solver_map.json"  # SolverMap.save writes it beside the map
 
@@ -36,6 +37,18 @@ def record_key(video_id: str) -> str:
 
 def error_key(video_id: str) -> str:
     return f"{ERRORS}{video_id}{_ERROR}"
+
+
+def snapshot_part_key(run_id: str, staging: int | None = None) -> str:
+    """A run's part of the snapshot; ``staging`` parts are written while it runs and merged at its end."""
+    name = f"part-{run_id}" if staging is None else f"staging-{run_id}-{staging:05d}"
+    return f"{SNAPSHOT}{name}.parquet"
+
+
+def is_staging_part(key: str, run_id: str | None = None) -> bool:
+    """Whether ``key`` is a staging part (of ``run_id``, when given)."""
+    name = key[len(SNAPSHOT) :]
+    return key.startswith(SNAPSHOT) and name.startswith("staging-" + (f"{run_id}-" if run_id else ""))
 
 
 def run_key(run_id: str) -> str:

@@ -6,16 +6,19 @@ import os
 import uuid
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
-from hyca_batch.storage.base import TMP_PREFIX, AlreadyExists, Storage, StorageError, validate_key
+from hyca_batch.storage.base import LISTING_SCHEMA, TMP_PREFIX, AlreadyExists, Storage, StorageError, validate_key
 
 
 class LocalStorage(Storage):
     """A directory on a local or mounted filesystem; ``uri`` is its absolute path."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, create: bool = True) -> None:
         self.uri = os.path.abspath(os.fspath(root))
+        if not create:  # a reader (a dry run) leaves no directory behind; a missing one lists as empty
+            return
         try:
             os.makedirs(self.uri, exist_ok=True)
         except OSError as e:
@@ -70,22 +73,35 @@ class LocalStorage(Storage):
     def exists(self, key: str) -> bool:
         return os.path.isfile(self._path(key))
 
-    def list(self, prefix: str = "") -> list[str]:
+    def delete(self, key: str) -> None:
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise StorageError(f"cannot delete {self.uri_for(key)}: {e}") from e
+
+    def listing(self, prefix: str = "") -> pa.Table:
         if prefix:
             # Validate the prefix as if it were a key, tolerating the trailing '/' of a "folder".
             validate_key(prefix.rstrip("/") or "/")
         # Walk only the deepest directory the prefix pins down; filter the rest by string prefix.
         start = Path(self.uri, *prefix.split("/")[:-1])
-        keys = []
-        for dirpath, _, filenames in os.walk(start):
-            rel = Path(dirpath).relative_to(self.uri).as_posix()
-            for name in filenames:
-                if name.startswith(TMP_PREFIX):
+        keys, modified = [], []
+        stack = [str(start)] if start.is_dir() else []
+        while stack:
+            for entry in os.scandir(stack.pop()):
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
                     continue
-                key = name if rel == "." else f"{rel}/{name}"
+                if entry.name.startswith(TMP_PREFIX):
+                    continue
+                key = Path(entry.path).relative_to(self.uri).as_posix()
                 if key.startswith(prefix):
                     keys.append(key)
-        return sorted(keys)
+                    modified.append(entry.stat().st_mtime)  # scandir has it from the directory read
+        table = pa.table({"key": pa.array(keys, pa.string()), "modified": pa.array(modified, pa.float64())})
+        return table.sort_by("key").cast(LISTING_SCHEMA)
 
     def arrow_filesystem(self) -> tuple[pafs.FileSystem, str]:
         return pafs.LocalFileSystem(), self.uri

@@ -16,9 +16,11 @@ import os
 import time
 from urllib.parse import urlparse
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from hyca_batch.storage.base import AlreadyExists, Storage, StorageError, validate_key
+from hyca_batch.storage.base import LISTING_SCHEMA, AlreadyExists, Storage, StorageError, validate_key
 
 #: Attempts per request (botocore standard retry mode: exponential backoff with jitter, at most 20 s
 #: apart), unless AWS_MAX_ATTEMPTS says otherwise. Ten ride out an endpoint that fails for a minute.
@@ -173,19 +175,37 @@ class S3Storage(Storage):
         except BotoCoreError as exc:
             raise self._error("check", self.uri_for(key), exc) from exc
 
-    def list(self, prefix: str = "") -> list[str]:
+    def delete(self, key: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))  # a missing key is not an error
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error("delete", self.uri_for(key), exc) from exc
+
+    def listing(self, prefix: str = "") -> pa.Table:
         from botocore.exceptions import BotoCoreError, ClientError
 
         if prefix:
             validate_key(prefix.rstrip("/") or "/")
         root = f"{self.prefix}/" if self.prefix else ""
-        keys = []
+        pages = []
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=root + prefix):
-                keys.extend(item["Key"][len(root) :] for item in page.get("Contents", []))
+                items = page.get("Contents", [])  # at most 1000 a page: the page, not the listing, is Python
+                keys = pa.array([item["Key"] for item in items], pa.string())
+                pages.append(
+                    pa.table(
+                        {
+                            "key": pc.utf8_slice_codeunits(keys, len(root)) if root else keys,
+                            "modified": pa.array([item["LastModified"].timestamp() for item in items], pa.float64()),
+                        },
+                        schema=LISTING_SCHEMA,
+                    )
+                )
         except (ClientError, BotoCoreError) as exc:
             raise self._error("list", self.uri_for(prefix) if prefix else self.uri, exc) from exc
-        return sorted(keys)
+        return pa.concat_tables(pages).sort_by("key") if pages else LISTING_SCHEMA.empty_table()
 
     def arrow_filesystem(self) -> tuple[pafs.FileSystem, str]:
         """pyarrow's S3 filesystem with boto3's resolved endpoint, region and credentials."""
