@@ -5,6 +5,12 @@ exclusive put after the mp4, so its presence means the video is complete, and a 
 Failures are ``errors/<id>.json`` (plain JSON, because they carry free-form tracebacks and the history
 of attempts, and a person reads them). The manifest's extra columns are appended to the record with the
 types they had in the manifest.
+
+Reading a million one-row files costs a million requests, so ``records.parquet/`` holds the same rows in a
+few part files: the job writes the rows its replicas hand back as they commit (staging parts), and at its
+end turns them into one part per run, never re-reading a record it already has. Each snapshot row carries
+the last-modified time its record file had (``_modified``); a row stands for its record only while a listing
+of ``records/`` still shows that time, so a record deleted or regenerated is read again, never shadowed.
 """
 
 from __future__ import annotations
@@ -12,16 +18,29 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from hyca_batch.storage import AlreadyExists, Storage
-from hyca_batch.storage.layout import ERRORS, RECORDS, SNAPSHOT_KEY, error_ids, error_key, record_ids, record_key
+from hyca_batch.storage import AlreadyExists, Storage, StorageError
+from hyca_batch.storage.base import BULK_WORKERS
+from hyca_batch.storage.layout import (
+    ERRORS,
+    LEGACY_SNAPSHOT_KEY,
+    RECORDS,
+    SNAPSHOT,
+    error_key,
+    is_staging_part,
+    record_key,
+    snapshot_part_key,
+)
 from hyca_batch.types import GENERATION_FIELDS, REQUEST_SCHEMA
+
+log = logging.getLogger(__name__)
 
 RECORD_VERSION = "1"
 
@@ -86,29 +105,38 @@ def record_table(record: dict[str, Any], extra_schema: pa.Schema, extra: dict[st
     return pa.Table.from_pylist([row], schema=schema)
 
 
-def write_record(storage: Storage, record: dict[str, Any], extra_schema: pa.Schema, extra: dict[str, Any]) -> bool:
-    """Publish the record (the commit marker). False when the id was already committed."""
+def write_record(
+    storage: Storage, record: dict[str, Any], extra_schema: pa.Schema, extra: dict[str, Any]
+) -> pa.Table | None:
+    """Publish the record (the commit marker): its one-row table, or None when the id was already committed."""
+    table = record_table(record, extra_schema, extra)
     buf = io.BytesIO()
-    pq.write_table(record_table(record, extra_schema, extra), buf)
+    pq.write_table(table, buf)
     try:
         storage.put_bytes(record_key(record["id"]), buf.getvalue())
     except AlreadyExists:
-        return False
-    return True
+        return None
+    return table
+
+
+def error_body(error: dict[str, Any], previous: bytes | None) -> bytes:
+    """An error record's JSON, with the earlier attempts' errors (``previous``, the record it replaces) in
+    ``history``."""
+    history: list[dict[str, Any]] = []
+    if previous is not None:
+        try:
+            earlier = json.loads(previous)
+            history = earlier.pop("history", []) + [earlier]
+        except ValueError:
+            history = []
+    return json.dumps({**error, "history": history}, indent=2, default=str).encode()
 
 
 def write_error(storage: Storage, error: dict[str, Any]) -> None:
     """Write (or replace) the error record of an id, keeping the earlier attempts' errors in ``history``."""
     key = error_key(error["id"])
-    history: list[dict[str, Any]] = []
-    if storage.exists(key):
-        try:
-            previous = json.loads(storage.read_bytes(key))
-            history = previous.pop("history", []) + [previous]
-        except (ValueError, FileNotFoundError):
-            history = []
-    body = {**error, "history": history}
-    storage.put_bytes(key, json.dumps(body, indent=2, default=str).encode(), overwrite=True)
+    (previous,) = storage.read_many([key])
+    storage.put_bytes(key, error_body(error, previous), overwrite=True)
 
 
 def read_error(storage: Storage, video_id: str) -> dict[str, Any] | None:
@@ -118,47 +146,222 @@ def read_error(storage: Storage, video_id: str) -> dict[str, Any] | None:
         return None
 
 
-def committed_ids(storage: Storage) -> set[str]:
+#: The snapshot's bookkeeping column: the last-modified time of the record file its row was taken from.
+MODIFIED = "_modified"
+#: More parts than this and the end of a run merges them into one (each part is a request for readers).
+MAX_SNAPSHOT_PARTS = 16
+#: Rows a staging part holds: a running job's memory for records it has not written out yet.
+STAGING_ROWS = 10_000
+
+
+def _listed(storage: Storage, prefix: str, suffix: str) -> pa.Table:
+    """``id`` and ``_modified`` of every object ``<prefix><id><suffix>``: one listing, held as Arrow."""
+    listing = storage.listing(prefix)
+    keys = listing.column("key")
+    listing = listing.filter(pc.and_(pc.starts_with(keys, prefix), pc.ends_with(keys, suffix)))
+    ids = pc.utf8_slice_codeunits(listing.column("key"), len(prefix), -len(suffix))
+    return pa.table({"id": ids, MODIFIED: listing.column("modified")})
+
+
+def committed_ids(storage: Storage) -> pa.Array:
     """Ids with a record: one listing, not a request per video."""
-    return set(record_ids(storage.list(RECORDS)))
+    return _listed(storage, RECORDS, ".parquet").column("id").combine_chunks()
 
 
-def failed_ids(storage: Storage) -> set[str]:
-    return set(error_ids(storage.list(ERRORS)))
+def failed_ids(storage: Storage) -> pa.Array:
+    """Ids with an error record (rejected or failed)."""
+    return _listed(storage, ERRORS, ".json").column("id").combine_chunks()
+
+
+def _unify(tables: list[pa.Table]) -> pa.Table:
+    """One table from tables whose columns may differ (records of runs with other extra columns).
+
+    Tables of one schema are concatenated first (cheap); a column whose type changed between runs is kept as
+    text rather than failing every reader.
+    """
+    groups: dict[pa.Schema, list[pa.Table]] = {}
+    for t in tables:
+        groups.setdefault(t.schema.remove_metadata(), []).append(t)
+    merged = [pa.concat_tables(g) if len(g) > 1 else g[0] for g in groups.values()]
+    if len(merged) == 1:
+        return merged[0]
+    try:
+        return pa.concat_tables(merged, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        types: dict[str, set[pa.DataType]] = {}
+        for t in merged:
+            for f in t.schema:
+                if not pa.types.is_null(f.type):
+                    types.setdefault(f.name, set()).add(f.type)
+        clash = [name for name, seen in types.items() if len(seen) > 1]
+        log.warning("columns %s have different types in different records; they are read as text", clash)
+        merged = [_as_text(t, clash) for t in merged]
+        return pa.concat_tables(merged, promote_options="permissive")
+
+
+def _as_text(table: pa.Table, names: list[str]) -> pa.Table:
+    for n in names:
+        if n in table.column_names:
+            table = table.set_column(table.schema.get_field_index(n), n, table.column(n).cast(pa.string()))
+    return table
+
+
+def _read_files(storage: Storage, keys: list[str], batch: int = 10_000) -> pa.Table | None:
+    """Many Parquet objects as one table, read concurrently a batch at a time (memory stays per batch)."""
+    fs, base = storage.arrow_filesystem()
+    base = base.rstrip("/")
+
+    def read(key: str) -> pa.Table:
+        return pq.read_table(f"{base}/{key}", filesystem=fs)
+
+    out: list[pa.Table] = []
+    with ThreadPoolExecutor(max_workers=BULK_WORKERS) as pool:
+        for start in range(0, len(keys), batch):
+            out.append(_unify(list(pool.map(read, keys[start : start + batch]))))
+    return _unify(out) if out else None
+
+
+def _first_per_id(table: pa.Table, newest: bool = False) -> pa.Table:
+    """One row per id: the first, or with ``newest`` the one finished last (a regenerated record's)."""
+    if newest:
+        table = table.sort_by([("id", "ascending"), ("finished_at", "descending")])
+    numbered = table.append_column("_i", pa.array(range(table.num_rows), pa.int64()))
+    firsts = numbered.group_by("id", use_threads=False).aggregate([("_i", "min")]).column("_i_min")
+    return table.take(pc.sort_indices(firsts))
+
+
+def _covering(snapshot: pa.Table | None, listed: pa.Table) -> pa.Table | None:
+    """The snapshot rows that still stand for their record: same id, same last-modified time as listed."""
+    if snapshot is None or not snapshot.num_rows:
+        return None
+
+    def key(t: pa.Table) -> pa.ChunkedArray:
+        return pc.binary_join_element_wise(t.column("id"), t.column(MODIFIED).cast(pa.string()), "\x00")
+
+    return _first_per_id(snapshot.filter(pc.is_in(key(snapshot), key(listed))))
+
+
+def _read_snapshot(storage: Storage, keys: list[str]) -> pa.Table | None:
+    """The given parts as one table; None, with a warning, when one cannot be read or merged."""
+    if not keys:
+        return None
+    try:
+        return _unify_parts(_read_files(storage, keys, batch=BULK_WORKERS))
+    except (pa.ArrowException, OSError, StorageError, KeyError) as exc:
+        log.warning("%s cannot be read (%s): records/ is read instead", storage.uri_for(SNAPSHOT.rstrip("/")), exc)
+        return None
+
+
+def _unify_parts(table: pa.Table | None) -> pa.Table | None:
+    if table is not None and MODIFIED not in table.column_names:
+        raise KeyError(f"a part has no {MODIFIED} column")
+    return table
+
+
+def _snapshot_parts(storage: Storage) -> list[str]:
+    return [k for k in storage.list(SNAPSHOT) if k.endswith(".parquet")]
 
 
 def read_records(storage: Storage) -> pa.Table:
-    """All records of a run as one table (extra columns unified across files).
+    """All records of an output as one table (extra columns unified across runs).
 
-    ``records/`` is the truth; ``records.parquet`` (written by :func:`write_snapshot` at the end of each
-    run) holds the same rows in one file, because reading ten thousand one-row files costs seconds per
-    thousand. Records are never rewritten, so a snapshot row is always right; only ids that the snapshot
-    does not have yet are read one file each.
+    The snapshot's rows that still match ``records/`` come from its few part files; only the records it does
+    not cover (committed by a job still running or one that was killed, or changed since) are read one file
+    each.
     """
-    listed = record_ids(storage.list(RECORDS))
-    keys = [record_key(i) for i in listed]
-    if not keys:
+    listed = _listed(storage, RECORDS, ".parquet")
+    if not listed.num_rows:
         return RECORD_SCHEMA.empty_table()
-    fs, base = storage.arrow_filesystem()
-    base = base.rstrip("/")
-    ids = pa.array(listed, type=pa.string())
-    tables: list[pa.Table] = []
-    if storage.exists(SNAPSHOT_KEY):
-        snapshot = pq.read_table(f"{base}/{SNAPSHOT_KEY}", filesystem=fs)
-        tables.append(snapshot.filter(pc.is_in(snapshot.column("id"), ids)))  # a record removed by hand stays gone
-        keys = [k for k, covered in zip(keys, pc.is_in(ids, tables[0].column("id")).to_pylist()) if not covered]
-    if keys:
-        paths = [f"{base}/{k}" for k in keys]
-        # Every footer is read: runs that appended extra columns later still come back as one table.
-        schema = pa.unify_schemas([pq.read_schema(p, filesystem=fs) for p in paths], promote_options="permissive")
-        tables.append(pads.dataset(paths, filesystem=fs, format="parquet", schema=schema).to_table())
-    return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    parts = [k for k in _snapshot_parts(storage) if not is_staging_part(k)]
+    covered = _covering(_read_snapshot(storage, parts), listed)
+    tables = [] if covered is None else [covered.drop_columns([MODIFIED])]
+    have = covered.column("id") if covered is not None else pa.array([], pa.string())
+    missing = listed.filter(pc.invert(pc.is_in(listed.column("id"), have))).column("id").to_pylist()
+    if missing:
+        tables.append(_read_files(storage, [record_key(i) for i in missing]))
+    return _unify(tables)
 
 
-def write_snapshot(storage: Storage) -> int:
-    """Write ``records.parquet``: every record so far in one file, for fast reading. Returns its row count."""
-    table = read_records(storage)
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    storage.put_bytes(SNAPSHOT_KEY, buf.getvalue(), overwrite=True)
-    return table.num_rows
+class SnapshotWriter:
+    """This run's records as its replicas commit them, written as staging parts of at most ``STAGING_ROWS``.
+
+    The job hands it each committed record's row; nothing is read back from ``records/``. Failing to write a
+    part never stops the job: the snapshot is a cache, and ``update_snapshot`` reads what it lacks.
+    """
+
+    def __init__(self, storage: Storage, run_id: str, rows: int = STAGING_ROWS):
+        self.storage, self.run_id, self.rows = storage, run_id, rows
+        self.buffer: list[pa.Table] = []
+        self.buffered = 0
+        self.parts = 0
+
+    def add(self, record: pa.Table) -> None:
+        self.buffer.append(record)
+        self.buffered += record.num_rows
+        if self.buffered >= self.rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        table, self.buffer, self.buffered = _unify(self.buffer), [], 0
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        key = snapshot_part_key(self.run_id, staging=self.parts)
+        self.parts += 1
+        try:
+            self.storage.put_bytes(key, buf.getvalue(), overwrite=True)
+        except (StorageError, OSError) as exc:
+            log.warning("could not write %s (records/ will be read instead): %s", self.storage.uri_for(key), exc)
+
+
+def update_snapshot(storage: Storage, run_id: str) -> int:
+    """At a run's end: its staging parts (and any record no part covers) become ``part-<run_id>``; with too many
+    parts, or a snapshot that cannot be merged, the parts are merged (rebuilt) into one. Returns the rows written.
+
+    Only this run's rows and the uncovered records are read, so the cost follows the run, not the output.
+    """
+    listed = _listed(storage, RECORDS, ".parquet")
+    parts = _snapshot_parts(storage)
+    final = [k for k in parts if not is_staging_part(k)]
+    mine = [k for k in parts if is_staging_part(k, run_id)]
+    snapshot = _read_snapshot(storage, final)
+    rebuild = snapshot is None and bool(final)
+    covered = _covering(snapshot, listed)
+
+    new: list[pa.Table] = []
+    staged = _read_files(storage, mine) if mine else None
+    if staged is not None and staged.num_rows:
+        # Rows the replicas handed back this run: their record files' times from the listing (a row whose
+        # record is gone is dropped), the newest row where an id was committed twice.
+        where = pc.index_in(staged.column("id"), listed.column("id"))
+        staged = staged.append_column(MODIFIED, listed.column(MODIFIED).take(where)).filter(pc.is_valid(where))
+        new.append(_first_per_id(staged, newest=True))
+    have = pa.chunked_array(
+        [chunk for t in [*new, covered] if t is not None for chunk in t.column("id").chunks], pa.string()
+    )
+    missing = listed.filter(pc.invert(pc.is_in(listed.column("id"), have)))
+    if missing.num_rows:
+        rows = _read_files(storage, [record_key(i) for i in missing.column("id").to_pylist()])
+        where = pc.index_in(rows.column("id"), missing.column("id"))
+        new.append(rows.append_column(MODIFIED, missing.column(MODIFIED).take(where)))
+    merge = rebuild or len(final) + 1 > MAX_SNAPSHOT_PARTS
+    if merge and covered is not None:
+        new.insert(0, covered)
+    if storage.exists(LEGACY_SNAPSHOT_KEY):
+        # An earlier version's single file: never read (it cannot say which rows are current), and on a local
+        # disk it is in the way of the directory.
+        storage.delete(LEGACY_SNAPSHOT_KEY)
+    written = 0
+    if new:
+        table = _unify(new)
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        storage.put_bytes(snapshot_part_key(run_id), buf.getvalue(), overwrite=True)
+        written = table.num_rows
+    # Only after the new part is in place: a reader between the two sees duplicates (it keeps one per id).
+    stale = [k for k in parts if is_staging_part(k)] + (final if merge else [])
+    for key in stale:
+        if key != snapshot_part_key(run_id):
+            storage.delete(key)
+    return written

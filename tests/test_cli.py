@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from hyca_batch.pipeline.encode import decode_mp4
 
@@ -75,6 +77,34 @@ def test_demo_end_to_end(ray_session, tmp_path):
     assert second.returncode == 0
     assert sorted((tmp_path / "demo" / "records").glob("*.parquet")) == records
     assert "│    4 │    0 │       4 │" in second.stderr  # rows, done, skipped
+
+    # The dry run of a bigger manifest into the same output: its plan, priced at what the demo's videos cost.
+    demo_manifest = pq.read_table(tmp_path / "demo" / "manifest.parquet")
+    more = pa.table({"prompt": ["a red square moving up", "a blue circle", ""]})
+    pq.write_table(pa.concat_tables([demo_manifest, more], promote_options="default"), tmp_path / "more.parquet")
+    files = sorted(p for p in (tmp_path / "demo").rglob("*"))
+    plan = run_cli(
+        "run",
+        "more.parquet",
+        "--out",
+        "demo",
+        "--model",
+        "mini",
+        "--dry-run",
+        "--plan-json",
+        "plan.json",
+        env=env,
+        cwd=tmp_path,
+    )
+    assert plan.returncode == 0, plan.stderr
+    assert sorted(p for p in (tmp_path / "demo").rglob("*")) == files  # nothing written
+    doc = json.loads((tmp_path / "plan.json").read_text())
+    assert (doc["rows"], doc["committed"], doc["pending"], doc["rejected"], doc["merged_duplicates"]) == (7, 4, 2, 1, 0)
+    assert doc["rejected_by_reason"] == {"prompt: is empty": 1}
+    assert "more.parquet: row 6: prompt: is empty" in doc["rejected_examples"]["prompt: is empty"][0]
+    per_video = summary[0]["bill_usd"] / summary[0]["videos"]
+    assert doc["estimate"]["cost_usd"] == pytest.approx(2 * per_video, rel=0.01)
+    assert "to generate" in plan.stderr and "nothing was written" in plan.stderr
 
 
 def test_jobs_entrypoint_takes_the_run_options(tmp_path):

@@ -49,5 +49,6 @@ def test_every_job_option_is_a_run_flag_with_the_config_default():
         assert name in params, f"{name} is a job option but not a `run` flag"
         if name not in ("manifests", "out"):
             assert params[name].default == default, name
-    assert set(params) - set(defaults) == {"force", "strict"}  # the two that are about the invocation, not the job
+    # The ones about the invocation, not the job.
+    assert set(params) - set(defaults) == {"force", "strict", "dry", "plan_json"}
     assert "--steps" in params["num_inference_steps"].opts and "--sp-timeout" in params["sp_timeout_s"].opts

@@ -81,6 +81,8 @@ def test_failures_retry_within_a_run_and_across_runs(ray_session, write_manifest
     assert (first.done, first.failed) == (1, 1)
     err = json.loads((out / "errors" / "blocked.json").read_text())
     assert err["status"] == "failed" and err["attempt"] == 2 and len(err["history"]) == 1
+    # The retry ran on the replica that was already loaded: one replica start for the whole run.
+    assert len(list((out / "runs" / first.run_id).glob("replica-*.json"))) == 1
     assert not (out / "records" / "blocked.parquet").exists()
 
     # Attempts count across runs: with max_attempts reached, a re-run does not try again.

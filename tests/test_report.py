@@ -22,9 +22,10 @@ from typer.testing import CliRunner
 from hyca_batch.cli import app
 from hyca_batch.config import JobConfig
 from hyca_batch.job import run_job
-from hyca_batch.records import SNAPSHOT_KEY, read_records, write_record
+from hyca_batch.records import read_records, write_record
 from hyca_batch.report import CATEGORIES, PriceError, PriceTable, build_report
 from hyca_batch.storage import open_storage
+from hyca_batch.storage.layout import SNAPSHOT
 
 PRICE = 0.5  # USD per CPU core-hour in these tests, so that the amounts are not all zeros
 
@@ -248,7 +249,7 @@ def test_a_snapshot_makes_records_fast_to_read_and_never_hides_one(runs, tmp_pat
     _, cached = runs
     copy = shutil.copytree(cached, tmp_path / "c")
     storage = open_storage(str(copy))
-    assert storage.exists(SNAPSHOT_KEY)  # the job wrote it at its end
+    assert [k.rsplit("/", 1)[-1][:5] for k in storage.list(SNAPSHOT)] == ["part-"]  # the job wrote it at its end
     before = read_records(storage)
     # A record committed after the snapshot (a concurrent or later job) is read from its own file.
     rec = dict(before.to_pylist()[0], id="later")

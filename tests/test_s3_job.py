@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from hyca_batch.config import JobConfig
-from hyca_batch.job import JobError, run_job
+from hyca_batch.job import JobError, dry_run, run_job
 from hyca_batch.pipeline.encode import decode_mp4
 from hyca_batch.records import read_records
 from hyca_batch.storage import StorageError, open_storage
@@ -104,7 +104,7 @@ def test_manifests_and_outputs_on_s3_resume_and_progress(s3, ray_session):
     out = f"s3://{bucket}/runs/one"
     summary = run_job(config([f"s3://{bucket}/manifests/part-*.parquet"], out, s3.endpoint))
     # Every bad row has its error record naming file, row and field; the good rows all finish.
-    assert (summary.done, summary.failed, summary.rejected) == (3, 0, len(BAD_ROWS))
+    assert (summary.done, summary.failed, summary.rejected) == (3, 0, len(BAD_ROWS) + 1)  # rows: two claim "dup"
     store = open_storage(out, s3_endpoint_url=s3.endpoint)
     for vid, (*_, fieldname) in BAD_ROWS.items():
         error = json.loads(store.read_bytes(f"errors/{vid}.json"))
@@ -124,7 +124,7 @@ def test_manifests_and_outputs_on_s3_resume_and_progress(s3, ray_session):
         k: o["ETag"] for k, o in objects(s3, bucket, "runs/one/").items() if k.startswith(("videos/", "records/"))
     }
     again = run_job(config([f"s3://{bucket}/manifests"], out, s3.endpoint))
-    assert (again.done, again.skipped, again.rejected) == (0, 3, len(BAD_ROWS))
+    assert (again.done, again.skipped, again.rejected) == (0, 3, len(BAD_ROWS) + 1)
     after = {k: o["ETag"] for k, o in objects(s3, bucket, "runs/one/").items() if k.startswith(("videos/", "records/"))}
     assert after == before
     with pytest.raises(JobError, match="different configuration"):
@@ -161,7 +161,7 @@ def _replica_pids() -> list[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if (entry / "cmdline").read_bytes().startswith(b"ray::MapWorker(MapBatches(Replica))"):
+                if (entry / "cmdline").read_bytes().startswith(b"ray::Replica"):
                     pids.append(int(entry.name))
             except OSError:
                 pass
@@ -231,8 +231,18 @@ def test_the_driver_killed_and_the_job_resubmitted_resumes(s3, ray_session):
     before = {k: o["LastModified"] for k, o in objects(s3, bucket, "run/").items() if k.startswith("records/")}
     assert 2 <= len(before) < n, "the kill should land mid-job"
 
+    # A dry run says what the resubmitted job then does, and writes nothing.
+    listing = objects(s3, bucket, "run/")
+    planned = dry_run(config([manifest], out, s3.endpoint))
+    assert objects(s3, bucket, "run/").keys() == listing.keys()
+    assert (planned.rows, planned.committed, planned.pending) == (n, len(before), n - len(before))
+
     summary = run_job(config([manifest], out, s3.endpoint))
-    assert summary.skipped == len(before) and summary.done == n - len(before) and summary.failed == 0
+    assert summary.skipped == planned.committed and summary.done == planned.pending and summary.failed == 0
+    replanned = dry_run(config([manifest], out, s3.endpoint))
+    assert (replanned.committed, replanned.pending) == (n, 0)
+    # The snapshot: one part (the killed run's records read from their files once), no staging left over.
+    assert [k[:5] for k in objects(s3, bucket, "run/records.parquet/")] == ["part-"]
     after = {k: o["LastModified"] for k, o in objects(s3, bucket, "run/").items() if k.startswith("records/")}
     assert all(after[k] == t for k, t in before.items())  # nothing committed was generated again
     records = assert_complete(s3, bucket, "run", n)

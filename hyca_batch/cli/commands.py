@@ -6,6 +6,7 @@ own arguments are declared here.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -26,10 +27,10 @@ from hyca_batch.config import (
     ResourceConfig,
     config_from_options,
 )
-from hyca_batch.job import JobError, JobSummary, run_job
+from hyca_batch.job import JobError, JobSummary, PlanCounts, dry_run, run_job
 from hyca_batch.manifest import ManifestError, check_size
 from hyca_batch.models import resolve_model
-from hyca_batch.report import PriceError, PriceTable, build_report
+from hyca_batch.report import PriceError, PriceTable, build_report, load_run
 from hyca_batch.report.format import fmt
 from hyca_batch.runtime import RankFailure, RankSetup, open_backend
 from hyca_batch.storage import StorageError
@@ -72,19 +73,63 @@ def print_summary(summary: JobSummary) -> None:
         str(summary.rejected),
         f"{summary.videos_per_minute:.1f}",
         f"{summary.mean_seconds_per_video:.2f}",
-        f"{summary.mean_speedup:.2f}x" if summary.speedups else "-",
+        f"{summary.mean_speedup:.2f}x" if summary.speedup_count else "-",
     )
     console.print(table)
     for line in summary.failures[:20]:
         console.print(f"  [red]x[/red] {line}", markup=True, highlight=False)
-    if len(summary.failures) > 20:
-        console.print(f"  ... and {len(summary.failures) - 20} more: see {summary.out}/errors/")
+    more = len(summary.failures) - 20 + summary.failures_more
+    if more > 0:
+        console.print(f"  ... and {more} more: see {summary.out}/errors/")
     console.print(f"videos:  {summary.out}/videos/\nrecords: {summary.out}/records/\nrun:     {summary.out}/run.json")
 
 
 def _fail(exc: BaseException) -> typer.Exit:
     console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
     return typer.Exit(2)
+
+
+def plan_estimate(counts: PlanCounts, s3_endpoint_url: str | None = None) -> dict[str, Any] | None:
+    """Device-hours and cost of the pending videos, at what this output's earlier runs cost per video (the cost
+    report's numbers, priced by the default table). None for an output with no video yet: nothing measured."""
+    if not counts.pending:
+        return None
+    try:
+        summary = load_run(counts.out, PriceTable.build(), s3_endpoint_url=s3_endpoint_url).summary
+    except (FileNotFoundError, PriceError, StorageError, ValueError):
+        return None
+    if not summary["videos"] or not summary["device_hours"]:
+        return None
+    per_video_h = summary["device_hours"] / summary["videos"]
+    return {
+        "basis": f"{summary['videos']} videos already in this output on {summary['device']}",
+        "device_unit": summary["device_unit"],
+        "device_hours": per_video_h * counts.pending,
+        "cost_usd": summary["bill_usd"] / summary["videos"] * counts.pending,
+    }
+
+
+def print_plan(counts: PlanCounts, estimate: dict[str, Any] | None) -> None:
+    table = Table(title=f"plan for {counts.out}", show_header=True, header_style="bold")
+    for name in ("rows", "merged", "rejected", "committed", "exhausted", "to generate"):
+        table.add_column(name, justify="right")
+    table.add_row(
+        *(str(v) for v in (counts.rows, counts.merged_duplicates, counts.rejected, counts.committed, counts.exhausted)),
+        f"{counts.pending}" + (f" ({counts.retrying} retried)" if counts.retrying else ""),
+    )
+    console.print(table)
+    for reason, n in counts.rejected_by_reason.items():
+        console.print(f"  [red]{n}[/red] x {reason}, e.g.", markup=True, highlight=False)
+        for example in counts.rejected_examples[reason]:
+            console.print(f"      {example}", markup=False, highlight=False)
+    if estimate is not None:
+        console.print(
+            f"estimate: {estimate['device_hours']:.3g} {estimate['device_unit']}, ${estimate['cost_usd']:,.2f} "
+            f"(at the cost per video of the {estimate['basis']}; the default prices)"
+        )
+    elif counts.pending:
+        console.print("estimate: none yet: this output has no video to time; run a few rows first")
+    console.print(f"model {counts.model}; nothing was written (--dry-run)")
 
 
 def _run(config: JobConfig, force: bool, strict: bool) -> JobSummary:
@@ -112,6 +157,10 @@ def run(
     out: str = typer.Option(..., "--out", "-o", help=help_of(JobConfig, "out")),
     force: bool = typer.Option(False, help="Write into an output made with a different configuration."),
     strict: bool = typer.Option(False, help="Exit 1 when any row failed or was rejected."),
+    dry: bool = typer.Option(
+        False, "--dry-run", help="Validate and plan as a run would, print the plan, and write nothing to --out."
+    ),
+    plan_json: Path | None = typer.Option(None, help="With --dry-run: also write the plan to this JSON file."),
     **options: Any,
 ) -> None:
     """Generate one video per manifest row; a re-run into the same --out resumes."""
@@ -119,6 +168,20 @@ def run(
         config = JobConfig.from_options(manifests=manifests, out=out, **options)
     except ValueError as exc:
         raise _fail(exc) from exc
+    if plan_json is not None and not dry:
+        raise _fail(ValueError("--plan-json needs --dry-run"))
+    if dry:
+        try:
+            counts = dry_run(config, force=force)
+        except (ManifestError, JobError, StorageError, ValueError, OSError) as exc:
+            raise _fail(exc) from exc
+        estimate = plan_estimate(counts, config.s3_endpoint_url)
+        print_plan(counts, estimate)
+        if plan_json is not None:
+            plan_json.write_text(json.dumps({**counts.to_json(), "estimate": estimate}, indent=2) + "\n")
+        if strict and counts.rejected + counts.exhausted:
+            raise typer.Exit(1)
+        return
     _run(config, force, strict)
 
 

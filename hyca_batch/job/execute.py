@@ -1,5 +1,5 @@
-"""The job on Ray: start (or join) Ray, size a replica's resources, and run every pending request through the
-replica pool, retrying failures until each video is committed or out of attempts."""
+"""The job on Ray: start (or join) Ray, size a replica's resources, and stream every pending request through
+one pool of replica actors, retrying failures in that pool until each video is committed or out of attempts."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import logging
 import math
 import os
 import sys
+import time
+from collections import deque
 from typing import Any
 
 import pyarrow as pa
@@ -17,9 +19,15 @@ from hyca_batch.config import JobConfig
 from hyca_batch.job.errors import JobError
 from hyca_batch.job.plan import Plan
 from hyca_batch.job.progress import JobSummary, Progress
-from hyca_batch.runtime.replica import Replica
+from hyca_batch.records import SnapshotWriter
+from hyca_batch.runtime.replica import RESULT_SCHEMA, Replica
 
 log = logging.getLogger(__name__)
+
+#: Blocks queued on one replica at a time: one running, one waiting, so a replica never idles on the driver.
+IN_FLIGHT = 2
+#: Times Ray restarts a replica whose process died (OOM, a crash in native code) before the job gives it up.
+MAX_REPLICA_RESTARTS = 3
 
 
 def _gpus_per_replica(config: JobConfig) -> float:
@@ -56,12 +64,6 @@ def reservation(config: JobConfig) -> dict[str, Any]:
     }
 
 
-def _blocks(table: pa.Table, replicas: int) -> list[pa.Table]:
-    """Small blocks, so every replica gets work and the tail of the job stays short."""
-    per_block = max(1, min(16, math.ceil(table.num_rows / (replicas * 16))))
-    return [table.slice(i, per_block) for i in range(0, table.num_rows, per_block)]
-
-
 def init_ray(config: JobConfig) -> None:
     """Join the cluster (``--address`` or RAY_ADDRESS), else start an embedded local Ray sized for the job."""
     import ray
@@ -85,82 +87,183 @@ def init_ray(config: JobConfig) -> None:
     ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, **kwargs)
 
 
+def _block_rows(rows: int, replicas: int) -> int:
+    """Small blocks, so every replica gets work and the tail of the job stays short."""
+    return max(1, min(16, math.ceil(rows / (replicas * 16))))
+
+
+class _Work:
+    """The pending requests as a stream of blocks: zero-copy slices of the plan's table, then the retries.
+
+    Nothing per row is held besides the table itself; a retry is the failed rows of a finished block, taken
+    again with their attempt number raised.
+    """
+
+    def __init__(self, pending: pa.Table, block_rows: int):
+        self.pending, self.block_rows, self.cursor = pending, block_rows, 0
+        self.retries: deque[pa.Table] = deque()
+        # Videos queued or in flight again after a failed attempt (in this run or an earlier one).
+        self.retrying = pc.sum(pc.greater(pending.column("attempt"), 1)).as_py() or 0
+
+    def __bool__(self) -> bool:
+        return bool(self.retries) or self.cursor < self.pending.num_rows
+
+    def next(self) -> pa.Table:
+        if self.retries:  # first: a retry holds its replica for one video, and the job's tail stays short
+            return self.retries.popleft()
+        block = self.pending.slice(self.cursor, self.block_rows)
+        self.cursor += block.num_rows
+        return block
+
+    def put_back(self, block: pa.Table) -> None:
+        """A block that did not run (its replica was restarting): first in line again, its attempts unchanged."""
+        self.retries.appendleft(block)
+
+    def retry(self, block: pa.Table, ids: list[str]) -> None:
+        again = block.filter(pc.is_in(block.column("id"), pa.array(ids, pa.string())))
+        attempt = pc.add(again.column("attempt"), 1)
+        again = again.set_column(again.schema.get_field_index("attempt"), "attempt", attempt)
+        self.retries.extend(again.slice(i, 1) for i in range(again.num_rows))
+        self.retrying += again.num_rows
+
+
 def execute(
-    config: JobConfig, plan: Plan, summary: JobSummary, solver_map: SolverMap | None, progress: Progress
+    config: JobConfig,
+    plan: Plan,
+    summary: JobSummary,
+    solver_map: SolverMap | None,
+    progress: Progress,
+    snapshot: SnapshotWriter,
 ) -> None:
-    """Run ``plan.pending`` on ``config.resources.replicas`` replicas; failures are retried in further rounds."""
+    """Run ``plan.pending`` on ``config.resources.replicas`` replicas, created once for the whole job.
+
+    Each replica holds at most ``IN_FLIGHT`` blocks, so work streams from the plan's table as replicas free up;
+    a failed video goes back into the queue with its attempt raised (its model stays loaded), and a replica
+    process that dies is restarted by Ray (at most ``MAX_REPLICA_RESTARTS`` times) while the videos it held
+    are charged an attempt and queued again.
+    """
     import ray
     from tqdm import tqdm
 
     init_ray(config)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # the job's own bar counts videos, which is what a user waits for
-    ctx.enable_operator_progress_bars = False
-    for handler in logging.getLogger("ray.data").handlers:
-        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-            handler.setLevel(logging.WARNING)  # Ray Data's plan chatter stays in its session log file
     gpus = replica_gpus(config)
-    pending, attempts, resources = plan.pending, plan.attempts, config.resources
+    resources = config.resources
+    replica_class = ray.remote(Replica).options(
+        num_cpus=resources.cpus_per_replica,
+        num_gpus=gpus,
+        max_restarts=MAX_REPLICA_RESTARTS,
+        max_task_retries=0,  # a block is never re-run behind the job's back: attempts are counted here
+    )
+    kwargs = {
+        "model": plan.spec,  # resolved: a relative model directory means the driver's
+        "out": summary.out,  # the resolved URI: a replica's working directory is not the driver's
+        "s3_endpoint_url": config.s3_endpoint_url,
+        "cache": config.cache,
+        "solver_map": solver_map,
+        "baseline_every": config.baseline_every,
+        "run_id": summary.run_id,
+        "extra_schema": plan.manifest.extra_schema,
+        "device": resources.device,
+        "cpus": resources.cpus_per_replica,
+        "parallel": config.parallel,
+    }
+    replicas = [replica_class.remote(**kwargs) for _ in range(resources.replicas)]
+    deaths = [0] * len(replicas)
+    held = [0] * len(replicas)  # blocks in flight on each replica
+    resting = [0.0] * len(replicas)  # a restarting replica gets no work until then (time.monotonic)
+    work = _Work(plan.pending, _block_rows(plan.pending.num_rows, len(replicas)))
+    in_flight: dict[Any, tuple[int, pa.Table, int]] = {}  # object ref -> (replica, block, submission number)
+    submitted = 0
     # In `ray job logs` (no terminal) every refresh is a line of its own: one every 30 s is plenty.
     bar = tqdm(
-        total=pending.num_rows,
+        total=plan.pending.num_rows,
         unit="video",
         desc="generating",
         disable=not config.progress,
         mininterval=0.1 if sys.stderr.isatty() else 30.0,
     )
-    remaining = pending
-    while remaining.num_rows:
-        ids = remaining.column("id").to_pylist()
-        attempt_col = pa.array([attempts[i] + 1 for i in ids], type=pa.int64())
-        table = remaining.append_column("attempt", attempt_col)
-        ds = ray.data.from_arrow(_blocks(table, resources.replicas)).map_batches(
-            Replica,
-            fn_constructor_kwargs={
-                "model": plan.spec,  # resolved: a relative model directory means the driver's
-                "out": summary.out,  # the resolved URI: a replica's working directory is not the driver's
-                "s3_endpoint_url": config.s3_endpoint_url,
-                "cache": config.cache,
-                "solver_map": solver_map,
-                "baseline_every": config.baseline_every,
-                "run_id": summary.run_id,
-                "extra_schema": plan.manifest.extra_schema,
-                "device": resources.device,
-                "cpus": resources.cpus_per_replica,
-                "parallel": config.parallel,
-            },
-            batch_size=1,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=resources.replicas),
-            num_cpus=resources.cpus_per_replica,
-            num_gpus=gpus,
-        )
-        retry: list[str] = []
-        for row in ds.iter_rows():
-            attempts[row["id"]] = row["attempt"]
-            if row["status"] in ("done", "already_done"):
-                summary.done += row["status"] == "done"
-                summary.skipped += row["status"] == "already_done"
+    try:
+        while work or in_flight:
+            now = time.monotonic()
+            for r, replica in enumerate(replicas):
+                while work and replica is not None and held[r] < IN_FLIGHT and resting[r] <= now:
+                    block = work.next()
+                    in_flight[replica.__call__.remote(block)] = (r, block, submitted)
+                    held[r] += 1
+                    submitted += 1
+            if not in_flight:
+                if all(replica is None for replica in replicas):
+                    raise JobError("every replica died more often than it may be restarted; see the Ray logs")
+                time.sleep(0.2)  # every live replica is restarting
+                continue
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+            if not ready:
+                continue
+            r, block, number = in_flight.pop(ready[0])
+            held[r] -= 1
+            try:
+                results, records = ray.get(ready[0])
+            except ray.exceptions.ActorUnavailableError:
+                work.put_back(block)  # the replica is restarting: nothing ran, or a retry finds the record
+                resting[r] = time.monotonic() + 1.0
+                continue
+            except ray.exceptions.RayActorError as exc:
+                if getattr(exc, "actor_init_failed", False):
+                    raise  # the model cannot load: no replica will do better
+                running = all(n > number for owner, _, n in in_flight.values() if owner == r)
+                if not running:
+                    work.put_back(block)  # it was waiting behind the block that was running: not its fault
+                    continue
+                deaths[r] += 1
+                if deaths[r] > MAX_REPLICA_RESTARTS:
+                    ray.kill(replicas[r])
+                    replicas[r] = None
+                log.warning("replica %d died (%d times) while generating %s: %s", r, deaths[r], block["id"], exc)
+                results, records = _died(block, exc), None
+            if records is not None:
+                snapshot.add(records)
+            work.retrying -= pc.sum(pc.greater(block.column("attempt"), 1)).as_py() or 0
+            failed: list[str] = []
+            for row in results.to_pylist():
                 if row["status"] == "done":
-                    summary.video_seconds.append(row["total_s"])
-                    if row["speedup"] is not None:
-                        summary.speedups.append(row["speedup"])
-                bar.update(1)
-            elif row["attempt"] < config.max_attempts:
-                log.warning(
-                    "video %s failed (attempt %d of %d), will retry: %s",
-                    row["id"],
-                    row["attempt"],
-                    config.max_attempts,
-                    row["error"],
-                )
-                retry.append(row["id"])
-            else:
-                summary.failed += 1
-                summary.failures.append(f"{row['id']}: {row['error']} (after {row['attempt']} attempts)")
-                bar.update(1)
-            bar.set_postfix(done=summary.done, failed=summary.failed, retrying=len(retry))
-            progress.retrying = len(retry)
+                    summary.add_video(row["total_s"], row["speedup"])
+                    bar.update(1)
+                elif row["status"] == "already_done":
+                    summary.skipped += 1
+                    bar.update(1)
+                elif row["attempt"] < config.max_attempts:
+                    log.warning(
+                        "video %s failed (attempt %d of %d), will retry: %s",
+                        row["id"],
+                        row["attempt"],
+                        config.max_attempts,
+                        row["error"],
+                    )
+                    failed.append(row["id"])
+                else:
+                    summary.failed += 1
+                    summary.add_failure(f"{row['id']}: {row['error']} (after {row['attempt']} attempts)")
+                    bar.update(1)
+            if failed:
+                work.retry(block, failed)
+            bar.set_postfix(done=summary.done, failed=summary.failed, retrying=work.retrying)
+            progress.retrying = work.retrying
             progress.update()
-        remaining = pending.filter(pc.is_in(pending.column("id"), pa.array(retry, type=pa.string())))
-    bar.close()
+    finally:
+        bar.close()
+        for replica in replicas:  # the devices go back now: the snapshot and the summary need none
+            if replica is not None:
+                ray.kill(replica)
+
+
+def _died(block: pa.Table, exc: BaseException) -> pa.Table:
+    """A block whose replica process died: every video in it failed this attempt, with the reason."""
+    reason = f"the replica process died while generating it: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+    ids = block.column("id").to_pylist()
+    return pa.Table.from_pylist(
+        [
+            {"id": i, "status": "failed", "attempt": a, "total_s": 0.0, "speedup": None, "error": reason}
+            for i, a in zip(ids, block.column("attempt").to_pylist())
+        ],
+        schema=RESULT_SCHEMA,
+    )

@@ -3,6 +3,7 @@ documents (``run.json``, ``runs/<run_id>.json``) that a later run and the cost r
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import math
@@ -19,6 +20,9 @@ from hyca_batch.storage.layout import PROGRESS_KEY, RUN_KEY, run_key
 
 log = logging.getLogger(__name__)
 
+#: Failures a summary lists by name; the error records hold every one.
+MAX_FAILURES_SHOWN = 1000
+
 
 @dataclass
 class JobSummary:
@@ -32,9 +36,27 @@ class JobSummary:
     rejected: int = 0  # invalid rows (error records, never run)
     merged_duplicates: int = 0
     elapsed_s: float = 0.0
-    video_seconds: list[float] = field(default_factory=list)
-    speedups: list[float] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
+    # Sums, not per-video lists: a million-video run keeps no Python object per video.
+    video_seconds: float = 0.0
+    speedup_sum: float = 0.0
+    speedup_count: int = 0
+    last_commit_at: dt.datetime | None = None  # when the run's last video committed: the end of generation
+    failures: list[str] = field(default_factory=list)  # the first MAX_FAILURES_SHOWN, as "id: why"
+    failures_more: int = 0  # and how many more
+
+    def add_video(self, total_s: float, speedup: float | None) -> None:
+        self.done += 1
+        self.video_seconds += total_s
+        self.last_commit_at = utcnow()
+        if speedup is not None:
+            self.speedup_sum += speedup
+            self.speedup_count += 1
+
+    def add_failure(self, line: str) -> None:
+        if len(self.failures) < MAX_FAILURES_SHOWN:
+            self.failures.append(line)
+        else:
+            self.failures_more += 1
 
     @property
     def videos_per_minute(self) -> float:
@@ -42,11 +64,11 @@ class JobSummary:
 
     @property
     def mean_seconds_per_video(self) -> float:
-        return sum(self.video_seconds) / len(self.video_seconds) if self.video_seconds else 0.0
+        return self.video_seconds / self.done if self.done else 0.0
 
     @property
     def mean_speedup(self) -> float:
-        return sum(self.speedups) / len(self.speedups) if self.speedups else 0.0
+        return self.speedup_sum / self.speedup_count if self.speedup_count else 0.0
 
     @property
     def ok(self) -> bool:
@@ -134,10 +156,14 @@ class Progress:
             except (StorageError, OSError) as exc:
                 log.warning("could not update %s: %s", self.storage.uri_for(key), exc)
 
-    def close(self, status: str) -> None:
-        """The run's last word: progress.json, then run.json and ``runs/<run_id>.json`` (the output's history)."""
+    def close(self, status: str, finished_at: dt.datetime | None = None) -> None:
+        """The run's last word: progress.json, then run.json and ``runs/<run_id>.json`` (the output's history).
+
+        ``finished_at`` is when the run's devices were released (default: now); the cost report charges the run
+        up to it, so the driver's own bookkeeping after it (the snapshot) is not billed as generation.
+        """
         self.run_doc["status"] = status
         self.update(status, force=True)
-        self.run_doc.update(finished_at=utcnow().isoformat(), counts=self.summary.counts())
+        self.run_doc.update(finished_at=(finished_at or utcnow()).isoformat(), counts=self.summary.counts())
         _put_json(self.storage, RUN_KEY, self.run_doc)
         _put_json(self.storage, run_key(self.summary.run_id), self.run_doc)

@@ -1,10 +1,11 @@
-"""The replica: a stateful callable for Ray Data's ``map_batches``, one model load per replica.
+"""The replica: a stateful callable, one per Ray actor, one model load per replica for the whole job.
 
-It owns the whole life of a video: generate, encode, put the mp4, then publish the record as the
-commit marker. It generates through a backend (``backend``): in its own process, or with ``--sp N`` on
-the N devices it holds through a group of N rank processes, whose rank 0's frames it writes. Nothing
-raises out of ``__call__``: a failing video becomes an error record and a ``failed`` result row, so a
-batch is never dropped and one bad video never costs the others.
+The job streams blocks of requests to it (``job.execute``). It owns the whole life of a video: generate,
+encode, put the mp4, then publish the record as the commit marker, and hands the committed records back so
+the job can keep the output's snapshot without reading them again. It generates through a backend
+(``backend``): in its own process, or with ``--sp N`` on the N devices it holds through a group of N rank
+processes, whose rank 0's frames it writes. Nothing raises out of ``__call__``: a failing video becomes an
+error record and a ``failed`` result row, so a block is never dropped and one bad video never costs the others.
 """
 
 from __future__ import annotations
@@ -101,20 +102,28 @@ class Replica:
         except Exception as exc:  # noqa: BLE001 - bookkeeping only
             log.warning("could not record replica start-up: %s", exc)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        """A block of requests (``REQUEST_SCHEMA``, the carried columns, ``attempt`` and ``ordinal``) to results."""
+    def __call__(self, batch: pa.Table) -> tuple[pa.Table, pa.Table | None]:
+        """A block of requests (``REQUEST_SCHEMA``, the carried columns, ``attempt`` and ``ordinal``) to its
+        results (``RESULT_SCHEMA``) and the records it committed (None if none)."""
         requests = Request.from_table(batch, carried=self.extra_schema)
         attempts, ordinals = batch.column("attempt").to_pylist(), batch.column("ordinal").to_pylist()
-        rows = [self.process(r, a, o) for r, a, o in zip(requests, attempts, ordinals)]
-        return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+        rows, records = [], []
+        for request, attempt, ordinal in zip(requests, attempts, ordinals):
+            row, record = self.process(request, attempt, ordinal)
+            rows.append(row)
+            if record is not None:
+                records.append(record)
+        committed = pa.concat_tables(records) if records else None
+        return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA), committed
 
-    def process(self, request: Request, attempt: int, ordinal: int) -> dict[str, Any]:
-        """Generate, encode and commit one video; ``ordinal``, its place in the manifest, picks the baselines."""
+    def process(self, request: Request, attempt: int, ordinal: int) -> tuple[dict[str, Any], pa.Table | None]:
+        """Generate, encode and commit one video: its result and its record's row (None unless it committed).
+        ``ordinal``, its place in the manifest, picks the baselines."""
         started_at, t0 = utcnow(), time.perf_counter()
         try:
             if self.storage.exists(record_key(request.id)):
-                # Committed meanwhile (a retried block, a concurrent job): the record stands as it is.
-                return self._result(request.id, "already_done", attempt, t0)
+                # Committed meanwhile (a concurrent job, an earlier attempt Ray thought lost): the record stands.
+                return self._result(request.id, "already_done", attempt, t0), None
             result = self.backend.generate(request)
             baseline = self._baseline(request, result) if self._wants_baseline(ordinal) else {}
             t_enc = time.perf_counter()
@@ -154,10 +163,10 @@ class Replica:
             record["write_s"] = time.perf_counter() - t_write
             record["total_s"] = time.perf_counter() - t0
             committed = write_record(self.storage, record, self.extra_schema, request.extra)
-            status = "done" if committed else "already_done"
+            status = "done" if committed is not None else "already_done"
             # Uncached, the estimate only measures loop overhead (~0.9); the summary shows speedups of caches.
             speedup = result.speedup_estimate if self.cache.mode != "none" else None
-            return self._result(request.id, status, attempt, t0, speedup=speedup)
+            return self._result(request.id, status, attempt, t0, speedup=speedup), committed
         except Exception as exc:  # one video's failure must not cost the batch
             log.exception("video %s failed (attempt %d)", request.id, attempt)
             message = f"{type(exc).__name__}: {exc}"
@@ -181,7 +190,7 @@ class Replica:
                 )
             except Exception as write_exc:  # storage down: the driver still learns of the failure
                 message += f" (and its error record could not be written: {write_exc})"
-            return self._result(request.id, "failed", attempt, t0, message)
+            return self._result(request.id, "failed", attempt, t0, message), None
 
     def _wants_baseline(self, ordinal: int) -> bool:
         return self.baseline_every > 0 and self.cache.mode != "none" and ordinal % self.baseline_every == 0
