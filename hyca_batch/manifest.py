@@ -168,9 +168,9 @@ def check_size(height: int, width: int, num_frames: int) -> list[tuple[str, str]
     problems = []
     for name, value in (("height", height), ("width", width)):
         if value <= 0 or value % 16:
-            problems.append((name, _MESSAGES["multiple16"].format(value)))
+            problems.append((name, _MESSAGES["multiple16"][1].format(value=value)))
     if num_frames <= 0 or num_frames % 4 != 1:
-        problems.append(("num_frames", _MESSAGES["frames"].format(value=num_frames)))
+        problems.append(("num_frames", _MESSAGES["frames"][1].format(value=num_frames)))
     return problems
 
 
@@ -263,21 +263,24 @@ def _extra_schema(tables: list[tuple[str, pa.Table]], problems: list[str]) -> pa
     return pa.schema([f.with_nullable(True) for f, _ in fields.values()])
 
 
-#: Each rejection's wording; the reason a plan groups rejections by is the template with its values left out.
+#: Each kind of rejection: (its reason, which a plan counts rows by, and its wording with the row's values).
 _MESSAGES = {
-    "utf8": "is not valid UTF-8 ({reason} at byte {start})",
-    "null": "is null",
-    "empty": "is empty",
-    "long": "has {value} characters; the limit is {limit}",
-    "integer": "must be an integer, got {value!r}",
-    "multiple16": "must be a positive multiple of 16, got {}",
-    "frames": "must be 4k+1 (1, 5, 9, ..., 129), got {value}",
-    "steps": "must be between 1 and 1000, got {value}",
-    "fps": "must be between 1 and 240, got {value}",
-    "guidance": "must be a finite number >= 0, got {value}",
-    "seed": "must be between 0 and 2**63-1, got {value}",
-    "id": "{value!r} must match {pattern} (it names output files)",
-    "duplicate": "duplicate id {value!r} with different parameters (at {places})",
+    "utf8": ("is not valid UTF-8", "is not valid UTF-8 ({reason} at byte {start})"),
+    "null": ("is null", "is null"),
+    "empty": ("is empty", "is empty"),
+    "long": ("is too long", "has {value} characters; the limit is {limit}"),
+    "integer": ("must be an integer", "must be an integer, got {value!r}"),
+    "multiple16": ("must be a positive multiple of 16", "must be a positive multiple of 16, got {value}"),
+    "frames": ("must be 4k+1", "must be 4k+1 (1, 5, 9, ..., 129), got {value}"),
+    "steps": ("must be between 1 and 1000", "must be between 1 and 1000, got {value}"),
+    "fps": ("must be between 1 and 240", "must be between 1 and 240, got {value}"),
+    "guidance": ("must be a finite number >= 0", "must be a finite number >= 0, got {value}"),
+    "seed": ("must be between 0 and 2**63-1", "must be between 0 and 2**63-1, got {value}"),
+    "id": ("does not match the id pattern", "{value!r} must match {pattern} (it names output files)"),
+    "duplicate": (
+        "duplicate id with different parameters",
+        "duplicate id {value!r} with different parameters (at {places})",
+    ),
 }
 #: The ranges of the integer fields besides the size (which ``check_size`` words).
 _RANGES = {"num_inference_steps": (1, 1000, "steps"), "fps": (1, 240, "fps")}
@@ -304,11 +307,10 @@ class _Rejections:
         if not len(rows):
             return
         self.bad[rows] = True
-        template = _MESSAGES[kind]
+        reason, template = _MESSAGES[kind]
         shown = values.take(pa.array(rows)).to_pylist() if values is not None else [None] * len(rows)
-        reason = template.split(",")[0].split(" (")[0].replace("{value!r} ", "").replace(", got {}", "")
         for row, value in zip(rows.tolist(), shown):
-            self.found.append((row, len(self.found), field, template.format(value, value=value, **fmt), reason))
+            self.found.append((row, len(self.found), field, template.format(value=value, **fmt), reason))
 
     def mask(self, rows: list[int]) -> None:
         self.bad[rows] = True
@@ -568,7 +570,7 @@ def _conflict_errors(conflicts: pa.Table) -> list[RowError]:
     places: dict[str, list[str]] = defaultdict(list)
     for r in rows:
         places[r["id"]].append(f"{r['source_file']} row {r['source_row']}")
-    template, reason = _MESSAGES["duplicate"], "duplicate id with different parameters"
+    reason, template = _MESSAGES["duplicate"]
     return [
         RowError(
             r["source_file"],

@@ -134,3 +134,15 @@ def test_run_with_a_relative_model_directory_and_output(ray_session, tmp_path, w
     assert len(records) == 2
     assert {r["model"] for r in records} == {str(tmp_path / "mymodel")}
     assert all(Path(r["output_uri"]).is_file() for r in records)
+
+
+def test_a_dry_run_prints_the_plan_and_leaves_no_output(tmp_path):
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"prompt": ["a red circle", "", "a red circle"], "id": ["x", None, "x"]}), manifest)
+    proc = run_cli("run", str(manifest), "--out", str(tmp_path / "out"), "--dry-run", "--strict")
+    assert proc.returncode == 1, proc.stderr  # --strict: a rejected row
+    assert not (tmp_path / "out").exists()
+    assert f"{manifest}: row 1: prompt: is empty" in proc.stderr and "1 x prompt: is empty" in proc.stderr
+    assert "none yet" in proc.stderr  # no estimate for an output with no video
+    proc = run_cli("run", str(manifest), "--out", str(tmp_path / "out"), "--plan-json", "p.json")
+    assert proc.returncode == 2 and "--plan-json needs --dry-run" in proc.stderr

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +30,12 @@ SIZES = {"a.parquet": 100_000, "b.parquet": 80_000, "c.parquet": 20_000}
 BAD = {
     "prompt: is null": [("a.parquet", r) for r in (5, 6, 7)],
     "prompt: is empty": [("a.parquet", 10), ("b.parquet", 11)],
-    "prompt: has {value} characters; the limit is {limit}": [("b.parquet", 12)],
+    "prompt: is too long": [("b.parquet", 12)],
     "height: must be a positive multiple of 16": [("a.parquet", r) for r in (20, 21, 22, 23)],
     "num_frames: must be 4k+1": [("c.parquet", 30)],
     "seed: must be between 0 and 2**63-1": [("a.parquet", 40), ("b.parquet", 40)],
     "seed: must be an integer": [("b.parquet", 41)],
-    "id: must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$": [("a.parquet", 50), ("c.parquet", 51)],
+    "id: does not match the id pattern": [("a.parquet", 50), ("c.parquet", 51)],
     "num_inference_steps: must be between 1 and 1000": [("c.parquet", 60)],
 }
 MERGED = 10  # c.parquet rows 100..109 repeat a.parquet rows 100..109 exactly
@@ -67,12 +66,12 @@ def _manifests(directory) -> list[str]:
                 value = {
                     "prompt: is null": None,
                     "prompt: is empty": "   ",
-                    "prompt: has {value} characters; the limit is {limit}": "x" * 5000,
+                    "prompt: is too long": "x" * 5000,
                     "height: must be a positive multiple of 16": 60,
                     "num_frames: must be 4k+1": 8,
                     "seed: must be between 0 and 2**63-1": -3.0,
                     "seed: must be an integer": 2.5,
-                    "id: must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$": "bad\n",
+                    "id: does not match the id pattern": "bad\n",
                     "num_inference_steps: must be between 1 and 1000": 0,
                 }[reason]
                 columns[field][row] = value
@@ -110,12 +109,8 @@ def test_a_200k_row_plan_counts_every_row(manifests, tmp_path):
     assert not out.exists()  # a dry run leaves nothing behind, not even the directory
     assert (counts.rows, counts.merged_duplicates, counts.rejected) == (rows, MERGED, rejected)
     assert (counts.committed, counts.exhausted, counts.pending) == (0, 0, valid)
-    want, got = Counter({"id": CONFLICTS}), Counter()
-    for reason, places in BAD.items():
-        want[reason.split(":")[0]] += len(places)
-    for reason, n in counts.rejected_by_reason.items():
-        got[reason.split(":")[0]] += n
-    assert got == want
+    want = {reason: len(places) for reason, places in BAD.items()}
+    assert counts.rejected_by_reason == {**want, "id: duplicate id with different parameters": CONFLICTS}
     example = counts.rejected_examples[next(r for r in counts.rejected_by_reason if r.startswith("height"))][0]
     assert example.startswith(manifests[0]) and "row 20: height: must be a positive multiple of 16, got 60" in example
     assert json.loads(json.dumps(counts.to_json()))["pending"] == valid

@@ -121,7 +121,7 @@ def print_plan(counts: PlanCounts, estimate: dict[str, Any] | None) -> None:
     for reason, n in counts.rejected_by_reason.items():
         console.print(f"  [red]{n}[/red] x {reason}, e.g.", markup=True, highlight=False)
         for example in counts.rejected_examples[reason]:
-            console.print(f"      {example}", markup=False, highlight=False)
+            console.print(f"      {example}", markup=False, highlight=False, soft_wrap=True)  # paths unbroken
     if estimate is not None:
         console.print(
             f"estimate: {estimate['device_hours']:.3g} {estimate['device_unit']}, ${estimate['cost_usd']:,.2f} "

@@ -171,13 +171,8 @@ def write_rejections(
     keys = pa.array(list(by_key), pa.string())
     # An earlier valid row committed the id: the record stands.
     keys = keys.filter(pc.invert(pc.is_in(keys, committed))).to_pylist()
-    known = pc.is_in(pa.array(keys, pa.string()), errored).to_pylist()
-    previous = dict(
-        zip(
-            [k for k, k_known in zip(keys, known) if k_known],
-            storage.read_many([error_key(k) for k, k_known in zip(keys, known) if k_known]),
-        )
-    )
+    on_record = [k for k, known in zip(keys, pc.is_in(pa.array(keys, pa.string()), errored).to_pylist()) if known]
+    previous = dict(zip(on_record, storage.read_many([error_key(k) for k in on_record])))
     at = utcnow().isoformat()
     items = []
     for key in keys:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,7 +127,7 @@ class RunCosts:
 
 
 def load_run(uri: str, prices: PriceTable, *, label: str | None = None, s3_endpoint_url: str | None = None) -> RunCosts:
-    storage = open_storage(uri, s3_endpoint_url=s3_endpoint_url)
+    storage = open_storage(uri, s3_endpoint_url=s3_endpoint_url, create=False)  # a reader leaves no directory
     keys = storage.list(RUNS)
     run_keys = [k for k in keys if is_run_key(k)]
     if not run_keys:
@@ -165,12 +164,12 @@ def load_run(uri: str, prices: PriceTable, *, label: str | None = None, s3_endpo
 
 def _read_json(storage: Storage, keys: list[str]) -> dict[str, Any]:
     """Many small objects at once: on S3 each is a round trip, so they go in parallel."""
-
-    def read(key: str) -> Any:
-        return json.loads(storage.read_bytes(key))
-
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        return dict(zip(keys, pool.map(read, keys)))
+    docs = {}
+    for key, body in zip(keys, storage.read_many(keys)):
+        if body is None:
+            raise FileNotFoundError(f"{storage.uri_for(key)} was listed but is gone; run the report again")
+        docs[key] = json.loads(body)
+    return docs
 
 
 def _time(value: Any) -> dt.datetime | None:
