@@ -206,13 +206,15 @@ def _as_text(table: pa.Table, names: list[str]) -> pa.Table:
     return table
 
 
-def _read_files(storage: Storage, keys: list[str], batch: int = 10_000) -> pa.Table | None:
+def _read_files(
+    storage: Storage, keys: list[str], batch: int = 10_000, columns: list[str] | None = None
+) -> pa.Table | None:
     """Many Parquet objects as one table, read concurrently a batch at a time (memory stays per batch)."""
     fs, base = storage.arrow_filesystem()
     base = base.rstrip("/")
 
     def read(key: str) -> pa.Table:
-        return pq.read_table(f"{base}/{key}", filesystem=fs)
+        return pq.read_table(f"{base}/{key}", filesystem=fs, columns=columns)
 
     out: list[pa.Table] = []
     with ThreadPoolExecutor(max_workers=BULK_WORKERS) as pool:
@@ -241,12 +243,13 @@ def _covering(snapshot: pa.Table | None, listed: pa.Table) -> pa.Table | None:
     return _first_per_id(snapshot.filter(pc.is_in(key(snapshot), key(listed))))
 
 
-def _read_snapshot(storage: Storage, keys: list[str]) -> pa.Table | None:
-    """The given parts as one table; None, with a warning, when one cannot be read or merged."""
+def _read_snapshot(storage: Storage, keys: list[str], columns: list[str] | None = None) -> pa.Table | None:
+    """The given parts as one table (only ``columns``, if given); None, with a warning, when one cannot be read
+    or merged."""
     if not keys:
         return None
     try:
-        return _unify_parts(_read_files(storage, keys, batch=BULK_WORKERS))
+        return _unify_parts(_read_files(storage, keys, batch=BULK_WORKERS, columns=columns))
     except (pa.ArrowException, OSError, StorageError, KeyError) as exc:
         log.warning("%s cannot be read (%s): records/ is read instead", storage.uri_for(SNAPSHOT.rstrip("/")), exc)
         return None
@@ -325,7 +328,9 @@ def update_snapshot(storage: Storage, run_id: str) -> int:
     parts = _snapshot_parts(storage)
     final = [k for k in parts if not is_staging_part(k)]
     mine = [k for k in parts if is_staging_part(k, run_id)]
-    snapshot = _read_snapshot(storage, final)
+    # Which records the parts cover needs only two columns of them; all of each part is read only to merge.
+    merge = len(final) + 1 > MAX_SNAPSHOT_PARTS
+    snapshot = _read_snapshot(storage, final, columns=None if merge else ["id", MODIFIED])
     rebuild = snapshot is None and bool(final)
     covered = _covering(snapshot, listed)
 
@@ -345,7 +350,7 @@ def update_snapshot(storage: Storage, run_id: str) -> int:
         rows = _read_files(storage, [record_key(i) for i in missing.column("id").to_pylist()])
         where = pc.index_in(rows.column("id"), missing.column("id"))
         new.append(rows.append_column(MODIFIED, missing.column(MODIFIED).take(where)))
-    merge = rebuild or len(final) + 1 > MAX_SNAPSHOT_PARTS
+    merge = merge or rebuild
     if merge and covered is not None:
         new.insert(0, covered)
     if storage.exists(LEGACY_SNAPSHOT_KEY):
