@@ -62,7 +62,7 @@ def write_manifests(directory: Path, rows: int) -> tuple[list[str], dict[str, in
         columns: dict[str, pa.Array] = {
             "prompt": prompt,
             "id": pa.nulls(n, pa.string()),
-            "seed": pa.array(np.full(n, np.nan)),
+            "seed": pa.nulls(n, pa.float64()),
             "height": pa.nulls(n, pa.int64()),
             "num_frames": pa.nulls(n, pa.int64()),
             "num_inference_steps": pa.nulls(n, pa.int64()),
@@ -141,21 +141,27 @@ def check(result: dict, expect: dict, committed: int) -> None:
         raise SystemExit(f"wrong counts: {got} != {want}")
 
 
-def commit_records(storage, ids: list[str]) -> float:
-    """A one-row record per id, put concurrently as the replicas would have; returns the seconds it took."""
+def commit_records(storage, requests: pa.Table) -> float:
+    """A record per request, put concurrently as the replicas would have, and the snapshot part their run would
+    have left (from the rows it was handed, as a run does); returns the seconds it took."""
     import io
 
-    from hyca_batch.records import record_table
+    from hyca_batch.records import SnapshotWriter, record_table, update_snapshot
     from hyca_batch.storage.layout import record_key
 
-    def body(video_id: str) -> bytes:
-        buf = io.BytesIO()
-        pq.write_table(record_table({"id": video_id, "status": "done"}, pa.schema([]), {}), buf)
-        return buf.getvalue()
-
+    snapshot = SnapshotWriter(storage, "setup")
     t0 = time.perf_counter()
-    for start in range(0, len(ids), 10_000):
-        storage.put_many([(record_key(i), body(i)) for i in ids[start : start + 10_000]])
+    for start in range(0, requests.num_rows, 10_000):
+        items = []
+        for row in requests.slice(start, 10_000).to_pylist():
+            table = record_table({**row, "status": "done"}, pa.schema([]), {})
+            buf = io.BytesIO()
+            pq.write_table(table, buf)
+            items.append((record_key(row["id"]), buf.getvalue()))
+            snapshot.add(table)
+        storage.put_many(items)
+    snapshot.flush()
+    update_snapshot(storage, "setup")
     return time.perf_counter() - t0
 
 
@@ -234,7 +240,7 @@ def main() -> None:
         paths, expect = manifests[sizes[-1]]
         defaults = resolve_model(MODEL).defaults
         committed = min(args.committed, expect["valid"])
-        ids = read_manifest(paths, defaults).requests.column("id").slice(0, committed).to_pylist()
+        committed_rows = read_manifest(paths, defaults).requests.slice(0, committed)
         targets = [("local", str(Path(tmp) / "resume"), None)]
         server = None
         if not args.no_s3:
@@ -246,7 +252,7 @@ def main() -> None:
         try:
             for name, out, endpoint in targets:
                 storage = open_storage(out, s3_endpoint_url=endpoint)
-                write_s = commit_records(storage, ids)
+                write_s = commit_records(storage, committed_rows)
                 t0 = time.perf_counter()
                 listed = storage.listing(RECORDS).num_rows  # the one listing a plan needs, timed on its own
                 list_s = time.perf_counter() - t0

@@ -208,6 +208,22 @@ class JobConfig:
     resources: ResourceConfig = ResourceConfig()
     max_attempts: int = field(default=3, metadata=option("Tries per video, counted across re-runs.", min=1))
     max_prompt_chars: int = field(default=4000, metadata=option("Longest prompt accepted, in characters.", min=1))
+    video_timeout: float | None = field(
+        default=None,
+        metadata=option(
+            "Seconds one video may take before it is abandoned, its replica restarted and an attempt charged "
+            "(default: the model's, scaled by the video's size and steps; printed by --dry-run).",
+            min=1,
+        ),
+    )
+    max_tokens: int | None = field(
+        default=None,
+        metadata=option(
+            "Largest video accepted, in latent tokens ((frames-1)/4+1) x height/16 x width/16 (default: the "
+            "model's largest documented size; HunyuanVideo's 720x1280x129 is 118800).",
+            min=1,
+        ),
+    )
     progress: bool = field(default=True, metadata=option("Show a progress bar."))
 
     def __post_init__(self) -> None:

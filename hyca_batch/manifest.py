@@ -179,6 +179,7 @@ def read_manifest(
     defaults: GenerationDefaults,
     *,
     max_prompt_chars: int = 4000,
+    max_tokens: int | None = None,
     s3_endpoint_url: str | None = None,
 ) -> Manifest:
     """Read, validate and resolve every row of the given manifests (local files or ``s3://`` objects).
@@ -212,7 +213,7 @@ def read_manifest(
     rows = 0
     while tables:
         path, table = tables.pop(0)  # each file's raw table is released once resolved
-        part, bad = _resolve(path, table, defaults, max_prompt_chars, extra_schema)
+        part, bad = _resolve(path, table, defaults, max_prompt_chars, max_tokens, extra_schema)
         rows += table.num_rows
         parts.append(part.cast(schema))
         rejected.extend(bad)
@@ -270,6 +271,8 @@ _MESSAGES = {
     "empty": ("is empty", "is empty"),
     "long": ("is too long", "has {value} characters; the limit is {limit}"),
     "integer": ("must be an integer", "must be an integer, got {value!r}"),
+    "nan": ("is NaN", "is NaN, which is no number (leave it null for the default)"),
+    "tokens": ("is larger than --max-tokens", "{value} latent tokens; the limit is {limit} (--max-tokens)"),
     "multiple16": ("must be a positive multiple of 16", "must be a positive multiple of 16, got {value}"),
     "frames": ("must be 4k+1", "must be 4k+1 (1, 5, 9, ..., 129), got {value}"),
     "steps": ("must be between 1 and 1000", "must be between 1 and 1000, got {value}"),
@@ -280,6 +283,10 @@ _MESSAGES = {
     "duplicate": (
         "duplicate id with different parameters",
         "duplicate id {value!r} with different parameters (at {places})",
+    ),
+    "case": (
+        "differs from another id only by case",
+        "id {value!r} differs only by case from {others} (at {places}): on case-insensitive storage they are one file",
     ),
 }
 #: The ranges of the integer fields besides the size (which ``check_size`` words).
@@ -375,15 +382,19 @@ def _numbers(table: pa.Table, name: str, rej: _Rejections, *, floating: bool) ->
         return None, bad
     if pat.is_floating(raw.type):
         values = raw.cast(pa.float64())
-        values = pc.if_else(pc.is_nan(values), pa.scalar(None, pa.float64()), values)  # NaN: pandas' null
+        nan = pc.fill_null(pc.is_nan(values), False)
+        if pc.any(nan).as_py():  # a NaN is a value, not a missing one (pandas writes null for None)
+            bad = nan.to_numpy(zero_copy_only=False)
+            rej.add(bad, name, "nan")
+            values = pc.if_else(nan, pa.scalar(None, pa.float64()), values)
         if floating:
             return values, bad
         finite = pc.is_finite(values)
         whole = pc.and_(finite, pc.equal(values, pc.floor(values)))
         fits = pc.and_(pc.greater_equal(values, -(2.0**63)), pc.less(values, 2.0**63))
         not_int = pc.and_(pc.is_valid(values), pc.invert(pc.and_(whole, fits)))
-        bad = pc.fill_null(not_int, False).to_numpy(zero_copy_only=False)
-        rej.add(bad, name, "integer", values)
+        rej.add(not_int, name, "integer", values)
+        bad = bad | pc.fill_null(not_int, False).to_numpy(zero_copy_only=False)
         values = pc.if_else(not_int, pa.scalar(None, pa.float64()), values).cast(pa.int64())
         return values, bad
     if floating:
@@ -401,7 +412,12 @@ def _outside(values: pa.Array, low: float, high: float) -> pa.Array:
 
 
 def _resolve(
-    path: str, table: pa.Table, defaults: GenerationDefaults, max_prompt_chars: int, extra_schema: pa.Schema
+    path: str,
+    table: pa.Table,
+    defaults: GenerationDefaults,
+    max_prompt_chars: int,
+    max_tokens: int | None,
+    extra_schema: pa.Schema,
 ) -> tuple[pa.Table, list[RowError]]:
     """One file's rows as requests (``REQUEST_SCHEMA`` + carried columns) and its rejected rows."""
     n = table.num_rows
@@ -424,6 +440,17 @@ def _resolve(
     frames = params["num_frames"]
     wrong = pc.or_(pc.less_equal(frames, 0), pc.not_equal(pc.modulo(frames, 4), 1))
     rej.add(pc.and_(wrong, pa.array(size_parsed)), "num_frames", "frames", frames)
+    if max_tokens is not None:  # the size is bounded: memory and time grow with it
+        tokens = pc.multiply(
+            pc.add(pc.divide(pc.subtract(frames, 1), 4), 1),
+            pc.multiply(pc.divide(params["height"], 16), pc.divide(params["width"], 16)),
+        )
+        sized = pc.and_(pa.array(size_parsed & ~rej.bad), pc.greater(tokens, max_tokens))
+        size = pc.binary_join_element_wise(
+            params["height"].cast(pa.string()), params["width"].cast(pa.string()), frames.cast(pa.string()), "x"
+        )
+        text = pc.binary_join_element_wise(size, tokens.cast(pa.string()), " (HxWxF) is ")
+        rej.add(sized, "size", "tokens", text, limit=max_tokens)
     for name, (low, high, kind) in _RANGES.items():
         rej.add(pc.and_(_outside(params[name], low, high), pa.array(~unparsed[name])), name, kind, params[name])
     guidance = params["guidance_scale"]
@@ -561,6 +588,16 @@ def _dedupe(requests: pa.Table) -> tuple[pa.Table, list[RowError], int]:
         keep = pc.or_(pc.invert(in_repeated), pc.is_in(table.column("_row"), firsts))
         table = table.filter(keep)
         rejected = _conflict_errors(conflicts)
+    # Ids equal but for case name one file on case-insensitive storage (SMB, APFS): none of them runs.
+    lower = pc.utf8_lower(table.column("id"))
+    spellings = (
+        pa.table({"lower": lower, "id": table.column("id")}).group_by("lower").aggregate([("id", "count_distinct")])
+    )
+    clashing = spellings.filter(pc.greater(spellings.column("id_count_distinct"), 1)).column("lower")
+    if len(clashing):
+        in_clash = pc.is_in(lower, clashing)
+        rejected += _case_errors(table.filter(in_clash))
+        table = table.filter(pc.invert(in_clash))
     table = table.drop_columns(["_row"]).sort_by([("source_file", "ascending"), ("source_row", "ascending")])
     return table, rejected, merged
 
@@ -583,3 +620,21 @@ def _conflict_errors(conflicts: pa.Table) -> list[RowError]:
         )
         for r in sorted(rows, key=lambda r: (r["source_file"], r["source_row"]))
     ]
+
+
+def _case_errors(clash: pa.Table) -> list[RowError]:
+    rows = clash.select(["id", "prompt", "source_file", "source_row"]).to_pylist()
+    places: dict[str, list[str]] = defaultdict(list)
+    spellings: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        places[r["id"].lower()].append(f"{r['source_file']} row {r['source_row']}")
+        spellings[r["id"].lower()].add(r["id"])
+    reason, template = _MESSAGES["case"]
+    errors = []
+    for r in sorted(rows, key=lambda r: (r["source_file"], r["source_row"])):
+        key = r["id"].lower()
+        others = ", ".join(repr(i) for i in sorted(spellings[key] - {r["id"]}))
+        message = template.format(value=r["id"], others=others, places=", ".join(places[key]))
+        # One error record for the group, under the spelling every case-insensitive store agrees on.
+        errors.append(RowError(r["source_file"], r["source_row"], "id", message, key, r["prompt"], reason))
+    return errors

@@ -90,7 +90,14 @@ OPTIONAL_FIELDS = frozenset(
 )
 
 #: Names a manifest's extra columns may not use, since the record already means something by them.
-RESERVED_FIELDS = frozenset(RECORD_SCHEMA.names) | {"error", "error_type", "field", "traceback", "history"}
+RESERVED_FIELDS = frozenset(RECORD_SCHEMA.names) | {
+    "error",
+    "error_type",
+    "field",
+    "traceback",
+    "history",
+    "ordinal",  # the job's own column: a request's place in the manifest
+}
 
 
 def utcnow() -> dt.datetime:
@@ -265,23 +272,28 @@ def _snapshot_parts(storage: Storage) -> list[str]:
     return [k for k in storage.list(SNAPSHOT) if k.endswith(".parquet")]
 
 
-def read_records(storage: Storage) -> pa.Table:
-    """All records of an output as one table (extra columns unified across runs).
+def read_records(storage: Storage, *, ids: pa.Array | None = None, columns: list[str] | None = None) -> pa.Table:
+    """All records of an output as one table (extra columns unified across runs); only those of ``ids`` and
+    only ``columns`` (besides ``id``), when given.
 
     The snapshot's rows that still match ``records/`` come from its few part files; only the records it does
     not cover (committed by a job still running or one that was killed, or changed since) are read one file
     each.
     """
     listed = _listed(storage, RECORDS, ".parquet")
+    if ids is not None:
+        listed = listed.filter(pc.is_in(listed.column("id"), ids))
+    wanted = None if columns is None else list(dict.fromkeys(["id", *columns]))
     if not listed.num_rows:
-        return RECORD_SCHEMA.empty_table()
+        return RECORD_SCHEMA.empty_table() if wanted is None else RECORD_SCHEMA.empty_table().select(wanted)
     parts = [k for k in _snapshot_parts(storage) if not is_staging_part(k)]
-    covered = _covering(_read_snapshot(storage, parts), listed)
+    snapshot = _read_snapshot(storage, parts, columns=None if wanted is None else [*wanted, MODIFIED])
+    covered = _covering(snapshot, listed)
     tables = [] if covered is None else [covered.drop_columns([MODIFIED])]
     have = covered.column("id") if covered is not None else pa.array([], pa.string())
     missing = listed.filter(pc.invert(pc.is_in(listed.column("id"), have))).column("id").to_pylist()
     if missing:
-        tables.append(_read_files(storage, [record_key(i) for i in missing]))
+        tables.append(_read_files(storage, [record_key(i) for i in missing], columns=wanted))
     return _unify(tables)
 
 

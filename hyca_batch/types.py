@@ -38,6 +38,12 @@ class GenerationDefaults:
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
+def latent_tokens(height: int, width: int, num_frames: int) -> int:
+    """The transformer tokens of one video, which its memory and time grow with: HunyuanVideo's VAE compresses
+    4x in time and 8x in space, and its patches are 2x2 (``manifest`` computes the same over columns)."""
+    return ((num_frames - 1) // 4 + 1) * (height // 16) * (width // 16)
+
+
 #: The fields that determine a video besides its prompt and seed, in schema order.
 GENERATION_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(GenerationDefaults))
 

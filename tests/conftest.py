@@ -95,11 +95,13 @@ class FlakyProxy:
     """An HTTP proxy in front of the S3 endpoint that answers 503 SlowDown while ``failing()`` says so.
 
     ``fail_for(seconds, after=...)`` arms an outage that starts at the first request whose path contains
-    ``after`` and lasts ``seconds``: the endpoint "failing for a while" in the middle of a job.
+    ``after`` and lasts ``seconds``: the endpoint "failing for a while" in the middle of a job. With
+    ``ignore_conditions`` it drops ``If-None-Match``, as a store that ignores conditional writes would.
     """
 
     target: str
     endpoint: str = ""
+    ignore_conditions: bool = False
     failed: int = 0
     forwarded: int = 0
     _window: tuple[float, str, float | None] | None = None
@@ -147,7 +149,10 @@ def _proxy_handler(proxy: FlakyProxy):
                 return
             conn = http.client.HTTPConnection(host, timeout=60)
             # Headers as sent (the Host the client signed for included): moto routes by path.
-            conn.request(self.command, self.path, body=body, headers=dict(self.headers.items()))
+            headers = {
+                k: v for k, v in self.headers.items() if not (proxy.ignore_conditions and k.lower() == "if-none-match")
+            }
+            conn.request(self.command, self.path, body=body, headers=headers)
             response = conn.getresponse()
             data = response.read()
             self.send_response(response.status)

@@ -72,32 +72,6 @@ def test_end_to_end_videos_records_and_errors(ray_session, write_manifest, tmp_p
     assert len(list((out / "runs").glob("*.json"))) == 2
 
 
-def test_failures_retry_within_a_run_and_across_runs(ray_session, write_manifest, tmp_path):
-    manifest = write_manifest(prompt=["will fail", "will pass"], id=["blocked", "fine"])
-    out = tmp_path / "out"
-    (out / "videos" / "blocked.mp4").mkdir(parents=True)  # the mp4 cannot be published: a real write failure
-
-    first = run_job(config(manifest, out, max_attempts=2))
-    assert (first.done, first.failed) == (1, 1)
-    err = json.loads((out / "errors" / "blocked.json").read_text())
-    assert err["status"] == "failed" and err["attempt"] == 2 and len(err["history"]) == 1
-    # The retry ran on the replica that was already loaded: one replica start for the whole run.
-    assert len(list((out / "runs" / first.run_id).glob("replica-*.json"))) == 1
-    assert not (out / "records" / "blocked.parquet").exists()
-
-    # Attempts count across runs: with max_attempts reached, a re-run does not try again.
-    second = run_job(config(manifest, out, max_attempts=2))
-    assert (second.done, second.exhausted, second.skipped) == (0, 1, 1)
-
-    # Once the cause is gone, a re-run with attempts left finishes the id.
-    (out / "videos" / "blocked.mp4").rmdir()
-    third = run_job(config(manifest, out, max_attempts=3))
-    assert (third.done, third.skipped, third.failed) == (1, 1, 0)
-    rec = read_records(open_storage(str(out))).to_pylist()
-    assert sorted(r["id"] for r in rec) == ["blocked", "fine"]
-    assert next(r for r in rec if r["id"] == "blocked")["attempt"] == 3
-
-
 def test_rerun_with_a_different_configuration_is_refused(ray_session, write_manifest, tmp_path):
     manifest = write_manifest(prompt=["one"])
     out = tmp_path / "out"

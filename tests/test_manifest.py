@@ -182,3 +182,37 @@ def test_inputs_file_list_directory_and_glob(tmp_path):
     assert len(expand_inputs([str(d), str(d / "p0.parquet")])) == 2
     m = read_manifest([str(d)], DEFAULTS)
     assert sorted(r["prompt"] for r in m.requests.to_pylist()) == ["a", "b"]
+
+
+def test_nan_too_large_case_colliding_and_newline_ids_are_rejected(tmp_path):
+    """A NaN is no default, a size past --max-tokens is refused, ids equal but for case are one file on
+    case-insensitive storage, and an id must match its pattern in full ("ok\\n" is no id)."""
+    path = write(
+        tmp_path / "m.parquet",
+        {
+            "prompt": ["fine", "nan guidance", "too big", "one", "two", "newline", "three"],
+            "id": [None, None, None, "Clip-1", "clip-1", "ok\n", "CLIP-1"],
+            "guidance_scale": pa.array([None, float("nan"), None, None, None, None, None], type=pa.float64()),
+            "height": pa.array([None, None, 720, None, None, None, None], type=pa.int64()),
+            "width": pa.array([None, None, 1296, None, None, None, None], type=pa.int64()),
+            "num_frames": pa.array([None, None, 129, None, None, None, None], type=pa.int64()),
+        },
+    )
+    m = read_manifest([path], DEFAULTS, max_tokens=118_800)
+    assert [r["prompt"] for r in m.requests.to_pylist()] == ["fine"]
+    errs = errors_by_row(m)
+    assert errs[("m.parquet", 1)] == ("guidance_scale", "is NaN, which is no number (leave it null for the default)")
+    assert errs[("m.parquet", 2)] == (
+        "size",
+        "720x1296x129 (HxWxF) is 120285 latent tokens; the limit is 118800 (--max-tokens)",
+    )
+    for row in (3, 4, 6):
+        field, message = errs[("m.parquet", row)]
+        assert field == "id" and "differs only by case" in message and "m.parquet row 3, " in message
+    assert {e.key for e in m.rejected if e.row in (3, 4, 6)} == {"clip-1"}  # one error record for the group
+    assert errs[("m.parquet", 5)][0] == "id" and "must match" in errs[("m.parquet", 5)][1]
+    # Without a limit, the large row is fine; a column may not take the job's own name.
+    assert "too big" in [r["prompt"] for r in read_manifest([path], DEFAULTS).requests.to_pylist()]
+    clash = write(tmp_path / "c.parquet", {"prompt": ["hi"], "ordinal": [3]})
+    with pytest.raises(ManifestError, match="field 'ordinal': the name is reserved"):
+        read_manifest([clash], DEFAULTS)

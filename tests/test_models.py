@@ -325,7 +325,8 @@ def test_load_model_broken_local_directory_names_it(saved_tiny, tmp_path):
 
 def test_resolve_presets():
     tiny = resolve_model("tiny")
-    assert tiny == ModelSpec(name="tiny", kind="tiny", source="", defaults=TINY_DEFAULTS)
+    assert tiny == ModelSpec(name="tiny", kind="tiny", source="", defaults=TINY_DEFAULTS, video_timeout_s=600.0)
+    assert tiny.max_tokens == 118_800  # HunyuanVideo's largest documented size: 720x1280x129
     assert TINY_DEFAULTS == GenerationDefaults(64, 64, 9, 8, 6.0, 8)
     hv = resolve_model("hunyuanvideo")
     assert hv == ModelSpec(

@@ -50,7 +50,7 @@ def _manifests(directory) -> list[str]:
         columns = {
             "prompt": prompt.to_pylist(),
             "id": [None] * n,
-            "seed": np.full(n, np.nan),
+            "seed": [None] * n,
             "height": pa.nulls(n, pa.int64()).to_pylist(),
             "num_frames": pa.nulls(n, pa.int64()).to_pylist(),
             "num_inference_steps": pa.nulls(n, pa.int64()).to_pylist(),

@@ -7,6 +7,7 @@ import base64
 import datetime as dt
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from faults import replica_fault_env
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -38,7 +40,7 @@ def runs(ray_session, tmp_path_factory):
     pq.write_table(
         pa.table(
             {
-                "prompt": ["a red circle moving left", "will fail", "bad size"],
+                "prompt": ["a red circle moving left", "FAIL: will fail", "bad size"],
                 "id": ["r1", "blocked", "bad"],
                 "height": pa.array([None, None, 72], type=pa.int64()),
             }
@@ -46,12 +48,20 @@ def runs(ray_session, tmp_path_factory):
         manifest,
     )
     plain = root / "plain"
-    (plain / "videos" / "blocked.mp4").mkdir(parents=True)  # its mp4 cannot be written: a real failure
-    summary = run_job(
-        JobConfig.from_options(
-            manifests=[str(manifest)], out=str(plain), progress=False, num_inference_steps=3, max_attempts=1
+    faults = root / "faults"
+    faults.mkdir()
+    (faults / "fail").touch()  # the "FAIL" row raises in its replica (tests/faults.py)
+    env = replica_fault_env(faults)
+    os.environ.update(env)
+    try:
+        summary = run_job(
+            JobConfig.from_options(
+                manifests=[str(manifest)], out=str(plain), progress=False, num_inference_steps=3, max_attempts=1
+            )
         )
-    )
+    finally:
+        for name in env:
+            os.environ.pop(name)
     assert (summary.done, summary.failed, summary.rejected) == (1, 1, 1)
 
     manifest = root / "cached.parquet"

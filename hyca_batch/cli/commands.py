@@ -129,7 +129,10 @@ def print_plan(counts: PlanCounts, estimate: dict[str, Any] | None) -> None:
         )
     elif counts.pending:
         console.print("estimate: none yet: this output has no video to time; run a few rows first")
-    console.print(f"model {counts.model}; nothing was written (--dry-run)")
+    console.print(
+        f"model {counts.model}; a video of the default size may take {counts.video_timeout_s:.0f} s (--video-timeout); "
+        "nothing was written (--dry-run)"
+    )
 
 
 def _run(config: JobConfig, force: bool, strict: bool) -> JobSummary:

@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -17,17 +18,21 @@ import pyarrow.compute as pc
 from hyca_batch.cache import SolverMap
 from hyca_batch.config import JobConfig
 from hyca_batch.job.errors import JobError
-from hyca_batch.job.plan import Plan
+from hyca_batch.job.plan import Plan, VideoTimeout
 from hyca_batch.job.progress import JobSummary, Progress
-from hyca_batch.records import SnapshotWriter
+from hyca_batch.records import SnapshotWriter, utcnow, write_error
 from hyca_batch.runtime.replica import RESULT_SCHEMA, Replica
+from hyca_batch.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
 
 #: Blocks queued on one replica at a time: one running, one waiting, so a replica never idles on the driver.
 IN_FLIGHT = 2
-#: Times Ray restarts a replica whose process died (OOM, a crash in native code) before the job gives it up.
-MAX_REPLICA_RESTARTS = 3
+#: Deaths of a replica's process (OOM, a crash in native code) before the job retires its slot: enough for one
+#: poison row to be charged every attempt (and the block it came in to be split) a few times over.
+MAX_REPLICA_RESTARTS = 8
+#: Device faults before a slot retires (each one replaces the replica: a new process, a new CUDA context).
+MAX_DEVICE_FAULTS = 2
 
 
 def _gpus_per_replica(config: JobConfig) -> float:
@@ -125,12 +130,50 @@ class _Work:
         """A block that did not run (its replica was restarting): first in line again, its attempts unchanged."""
         self.retries.appendleft(block)
 
+    def put_back_each(self, block: pa.Table) -> None:
+        """A block whose replica died under it: each video first in line again on its own, attempts unchanged."""
+        self.retries.extendleft(_own_rows(block.slice(i, 1)) for i in reversed(range(block.num_rows)))
+
+    def done_with(self, block: pa.Table, results: pa.Table) -> None:
+        """``retrying`` forgets the block's videos that came back (failures are counted again by ``retry``)."""
+        came_back = block.filter(pc.is_in(block.column("id"), results.column("id")))
+        self.retrying -= pc.sum(pc.greater(came_back.column("attempt"), 1)).as_py() or 0
+
     def retry(self, block: pa.Table, ids: list[str]) -> None:
         again = block.filter(pc.is_in(block.column("id"), pa.array(ids, pa.string())))
         attempt = pc.add(again.column("attempt"), 1)
         again = again.set_column(again.schema.get_field_index("attempt"), "attempt", attempt)
         self.retries.extend(_own_rows(again.slice(i, 1)) for i in range(again.num_rows))
         self.retrying += again.num_rows
+
+
+@dataclass
+class _Held:
+    """A block on a replica: its result's ref, and once it runs (it is the replica's oldest), its deadline."""
+
+    ref: Any
+    block: pa.Table
+    deadline: float | None = None
+    doomed: bool = False  # its replica was killed or died before it ran: it goes back to the queue as it is
+
+
+@dataclass
+class _Slot:
+    """One replica's place in the pool: its actor and the blocks it holds, the running one first."""
+
+    actor: Any
+    held: deque[_Held] = field(default_factory=deque)
+    deaths: int = 0
+    device_faults: int = 0
+    overran: Any = None  # the ref of the block whose overrun had the replica killed
+    ready: Any = None  # until this ref resolves, the replica is (re)starting: it gets no work
+
+    def restart(self) -> None:
+        """After a death or a kill: wait for the new process before giving it work; what it held goes back."""
+        for held in self.held:
+            held.doomed = held.doomed or held.ref != self.overran
+        if self.actor is not None:
+            self.ready = self.actor.__ray_ready__.remote()
 
 
 def execute(
@@ -143,10 +186,21 @@ def execute(
 ) -> None:
     """Run ``plan.pending`` on ``config.resources.replicas`` replicas, created once for the whole job.
 
-    Each replica holds at most ``IN_FLIGHT`` blocks, so work streams from the plan's table as replicas free up;
-    a failed video goes back into the queue with its attempt raised (its model stays loaded), and a replica
-    process that dies is restarted by Ray (at most ``MAX_REPLICA_RESTARTS`` times): the block it was running is
-    charged an attempt and queued again, the block waiting behind it is queued again as it was.
+    Each replica holds at most ``IN_FLIGHT`` blocks, so work streams from the plan's table as replicas free up; a
+    failed video goes back into the queue with its attempt raised (its model stays loaded). What the replica
+    cannot report itself, the job decides here, so that every fault ends:
+
+    - a replica process that dies (OOM killer, a crash in native code) is restarted by Ray; the block it was
+      running is split into single videos if it held several (which one killed it is not known), and a single
+      video is charged an attempt, with an error record that says the process died;
+    - a block that runs past its videos' timeouts has its replica killed and restarted, and is split or charged
+      the same way, with an error record naming the timeout;
+    - a device fault (``device_fault`` rows: a poisoned CUDA context, a failed communicator) has the replica
+      replaced, and its videos go back to the queue uncharged;
+    - blocks that were only waiting behind any of these go back to the queue as they were.
+
+    A replica retires after ``MAX_REPLICA_RESTARTS`` deaths or ``MAX_DEVICE_FAULTS`` device faults; when all
+    have, the job stops with an error. Every death either splits a block or charges a video, so a job ends.
     """
     import ray
     from tqdm import tqdm
@@ -154,12 +208,18 @@ def execute(
     init_ray(config)
     gpus = replica_gpus(config)
     resources = config.resources
-    replica_class = ray.remote(Replica).options(
-        num_cpus=resources.cpus_per_replica,
-        num_gpus=gpus,
-        max_restarts=MAX_REPLICA_RESTARTS,
-        max_task_retries=0,  # a block is never re-run behind the job's back: attempts are counted here
-    )
+    options: dict[str, Any] = {
+        "num_cpus": resources.cpus_per_replica,
+        "num_gpus": gpus,
+        # Ray always restarts a replica; the job retires a slot (MAX_REPLICA_RESTARTS, MAX_DEVICE_FAULTS), and a
+        # timeout's restart charges its video: so restarts stay bounded while Ray never ends one on its own.
+        "max_restarts": -1,
+        "max_task_retries": 0,  # a block is never re-run behind the job's back: attempts are counted here
+    }
+    passed_on = {k: v for k, v in os.environ.items() if k.startswith("HYCA_")}
+    if passed_on:  # the job's own settings (log level, fault hooks) reach its replicas wherever they run
+        options["runtime_env"] = {"env_vars": passed_on}
+    replica_class = ray.remote(Replica).options(**options)
     kwargs = {
         "model": plan.spec,  # resolved: a relative model directory means the driver's
         "out": summary.out,  # the resolved URI: a replica's working directory is not the driver's
@@ -173,13 +233,10 @@ def execute(
         "cpus": resources.cpus_per_replica,
         "parallel": config.parallel,
     }
-    replicas = [replica_class.remote(**kwargs) for _ in range(resources.replicas)]
-    deaths = [0] * len(replicas)
-    held = [0] * len(replicas)  # blocks in flight on each replica
-    resting = [0.0] * len(replicas)  # a restarting replica gets no work until then (time.monotonic)
-    work = _Work(plan.pending, _block_rows(plan.pending.num_rows, len(replicas)))
-    in_flight: dict[Any, tuple[int, pa.Table, int]] = {}  # object ref -> (replica, block, submission number)
-    submitted = 0
+    slots = [_Slot(replica_class.remote(**kwargs)) for _ in range(resources.replicas)]
+    owner: dict[Any, _Slot] = {}
+    work = _Work(plan.pending, _block_rows(plan.pending.num_rows, len(slots)))
+    timeout = VideoTimeout(config, plan.spec)
     # In `ray job logs` (no terminal) every refresh is a line of its own: one every 30 s is plenty.
     bar = tqdm(
         total=plan.pending.num_rows,
@@ -188,47 +245,100 @@ def execute(
         disable=not config.progress,
         mininterval=0.1 if sys.stderr.isatty() else 30.0,
     )
-    try:
-        while work or in_flight:
-            now = time.monotonic()
-            for r, replica in enumerate(replicas):
-                while work and replica is not None and held[r] < IN_FLIGHT and resting[r] <= now:
-                    block = work.next()
-                    in_flight[replica.__call__.remote(block)] = (r, block, submitted)
-                    held[r] += 1
-                    submitted += 1
-            if not in_flight:
-                if all(replica is None for replica in replicas):
-                    raise JobError("every replica died more often than it may be restarted; see the Ray logs")
-                time.sleep(0.2)  # every live replica is restarting
-                continue
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
-            if not ready:
-                continue
-            r, block, number = in_flight.pop(ready[0])
-            held[r] -= 1
+
+    def kill(slot: _Slot, retire: bool = False) -> None:
+        """Kill the slot's replica: Ray restarts it, unless it retires."""
+        ray.kill(slot.actor, no_restart=retire)
+        if retire:
+            slot.actor = None
+        slot.restart()
+
+    def is_ready(slot: _Slot) -> bool:
+        if slot.actor is None:
+            return False
+        if slot.ready is not None:
+            if not ray.wait([slot.ready], timeout=0)[0]:
+                return False
             try:
-                results, records = ray.get(ready[0])
-            except ray.exceptions.ActorUnavailableError:
-                work.put_back(block)  # the replica is restarting: nothing ran, or a retry finds the record
-                resting[r] = time.monotonic() + 1.0
-                continue
+                ray.get(slot.ready)
             except ray.exceptions.RayActorError as exc:
                 if getattr(exc, "actor_init_failed", False):
+                    raise  # the model cannot load: no replica would do better
+                slot.ready = slot.actor.__ray_ready__.remote()  # asked while it was going down: ask again
+                return False
+            slot.ready = None
+        return True
+
+    for slot in slots:
+        slot.restart()
+    try:
+        while work or owner:
+            now = time.monotonic()
+            for slot in slots:
+                while work and len(slot.held) < IN_FLIGHT and is_ready(slot):
+                    block = work.next()
+                    held = _Held(slot.actor.__call__.remote(block), block)
+                    if not slot.held:
+                        held.deadline = now + timeout.of(block)
+                    slot.held.append(held)
+                    owner[held.ref] = slot
+            if not owner:
+                if all(slot.actor is None for slot in slots):
+                    raise JobError("every replica was retired after repeated deaths or device faults; see the log")
+                time.sleep(0.2)  # every live replica is restarting
+                continue
+            for slot in slots:
+                running = slot.held[0] if slot.held else None
+                if running and running.deadline and now > running.deadline and slot.overran is None:
+                    log.warning(
+                        "a block of %d videos ran past its timeout: its replica is restarted", len(running.block)
+                    )
+                    slot.overran = running.ref
+                    kill(slot)
+            ready, _ = ray.wait(list(owner), num_returns=1, timeout=1.0)
+            if not ready:
+                continue
+            slot = owner.pop(ready[0])
+            held = next(h for h in slot.held if h.ref == ready[0])
+            was_running = held is slot.held[0]
+            slot.held.remove(held)
+            if was_running and slot.held:
+                slot.held[0].deadline = time.monotonic() + timeout.of(slot.held[0].block)
+            block = held.block
+            try:
+                results, records = ray.get(held.ref)
+            except ray.exceptions.RayActorError as exc:  # died (or Ray found it restarting) under this block
+                if getattr(exc, "actor_init_failed", False):
                     raise  # the model cannot load: no replica will do better
-                running = all(n > number for owner, _, n in in_flight.values() if owner == r)
-                if not running:
-                    work.put_back(block)  # it was waiting behind the block that was running: not its fault
+                overran = held.ref == slot.overran
+                if held.doomed or not (was_running or overran):
+                    work.put_back(block)  # it only waited behind the block that failed: not its fault
                     continue
-                deaths[r] += 1
-                if deaths[r] > MAX_REPLICA_RESTARTS:
-                    ray.kill(replicas[r])
-                    replicas[r] = None
-                log.warning("replica %d died (%d times) while generating %s: %s", r, deaths[r], block["id"], exc)
-                results, records = _died(block, exc), None
+                if overran:
+                    slot.overran = None
+                    cause = f"it ran past its timeout of {timeout.of(block):.0f} s (--video-timeout)"
+                else:
+                    slot.deaths += 1
+                    cause = f"the replica process died while generating it ({_death_detail(exc)})"
+                    log.warning("replica process died (%d times in this slot): %s", slot.deaths, cause)
+                if slot.deaths > MAX_REPLICA_RESTARTS:
+                    kill(slot, retire=True)
+                else:
+                    slot.restart()  # the blocks it still held went down with it
+                if block.num_rows > 1:  # which video did it is not known: each runs alone, uncharged
+                    work.put_back_each(block)
+                    continue
+                results, records = _charged(plan.storage, block, cause, summary.run_id), None
             if records is not None:
                 snapshot.add(records)
-            work.retrying -= pc.sum(pc.greater(block.column("attempt"), 1)).as_py() or 0
+            faulty = [row["id"] for row in results.to_pylist() if row["status"] == "device_fault"]
+            if faulty:
+                slot.device_faults += 1
+                log.warning("device fault on a replica (%d in this slot): %s", slot.device_faults, results["error"][0])
+                work.put_back(block.filter(pc.is_in(block.column("id"), pa.array(faulty, pa.string()))))
+                kill(slot, retire=slot.device_faults > MAX_DEVICE_FAULTS)
+                results = results.filter(pc.not_equal(results.column("status"), "device_fault"))
+            work.done_with(block, results)
             failed: list[str] = []
             for row in results.to_pylist():
                 if row["status"] == "done":
@@ -257,19 +367,44 @@ def execute(
             progress.update()
     finally:
         bar.close()
-        for replica in replicas:  # the devices go back now: the snapshot and the summary need none
-            if replica is not None:
-                ray.kill(replica)
+        for slot in slots:  # the devices go back now: the snapshot and the summary need none
+            if slot.actor is not None:
+                ray.kill(slot.actor)
 
 
-def _died(block: pa.Table, exc: BaseException) -> pa.Table:
-    """A block whose replica process died: every video in it failed this attempt, with the reason."""
-    reason = f"the replica process died while generating it: {str(exc).splitlines()[0] if str(exc) else exc!r}"
-    ids = block.column("id").to_pylist()
+def _death_detail(exc: BaseException) -> str:
+    """What Ray knows of a dead replica process: its pid and how it ended (exit code, signal, OOM), where said."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    keep = [line for line in lines if line.startswith("pid:") or any(w in line.lower() for w in _DEATH_WORDS)]
+    return "; ".join(keep[:3]) or (lines[0] if lines else type(exc).__name__)
+
+
+_DEATH_WORDS = ("exit", "signal", "killed", "memory", "oom", "sigsegv", "segmentation")
+
+
+def _charged(storage: Storage, block: pa.Table, cause: str, run_id: str) -> pa.Table:
+    """A one-video block that failed where the replica could not say so itself (it died, or was killed for
+    running too long): its error record, written here, and its ``failed`` result."""
+    (row,) = block.select(["id", "prompt", "source_file", "source_row", "attempt"]).to_pylist()
+    try:
+        write_error(
+            storage,
+            {
+                "id": row["id"],
+                "status": "failed",
+                "attempt": row["attempt"],
+                "error_type": "VideoTimeout" if "timeout" in cause else "ReplicaDied",
+                "message": cause,
+                "prompt": row["prompt"],
+                "source_file": row["source_file"],
+                "source_row": row["source_row"],
+                "run_id": run_id,
+                "at": utcnow().isoformat(),
+            },
+        )
+    except (StorageError, OSError) as exc:
+        cause += f" (and its error record could not be written: {exc})"
     return pa.Table.from_pylist(
-        [
-            {"id": i, "status": "failed", "attempt": a, "total_s": 0.0, "speedup": None, "error": reason}
-            for i, a in zip(ids, block.column("attempt").to_pylist())
-        ],
+        [{"id": row["id"], "status": "failed", "attempt": row["attempt"], "total_s": 0.0, "error": cause}],
         schema=RESULT_SCHEMA,
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,9 +26,10 @@ from hyca_batch.config import JobConfig
 from hyca_batch.job.errors import JobError
 from hyca_batch.manifest import Manifest, RowError, check_size, read_manifest, reason_of
 from hyca_batch.models import ModelSpec, resolve_model
-from hyca_batch.records import committed_ids, error_body, failed_ids, utcnow
-from hyca_batch.storage import Storage, open_storage
-from hyca_batch.storage.layout import RUN_KEY, error_key
+from hyca_batch.records import committed_ids, error_body, failed_ids, read_records, utcnow
+from hyca_batch.storage import AlreadyExists, Storage, StorageError, open_storage
+from hyca_batch.storage.layout import IDENTITY_KEY, RUN_KEY, error_key, probe_key
+from hyca_batch.types import GENERATION_FIELDS, latent_tokens
 
 #: Examples of each kind of rejection a plan shows (the error records hold every one).
 EXAMPLES_PER_REASON = 3
@@ -47,6 +49,7 @@ class PlanCounts:
     exhausted: int = 0  # failed --max-attempts times in earlier runs: not tried again
     pending: int = 0  # to generate now
     retrying: int = 0  # of the pending, those that failed before
+    video_timeout_s: float = 0.0  # how long a video of the default size may take (--video-timeout)
     rejected_by_reason: dict[str, int] = field(default_factory=dict)  # "field: what is wrong" -> rows
     rejected_examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> "file: row N: field: ..."
     files: list[str] = field(default_factory=list)
@@ -67,6 +70,30 @@ class Plan:
     identity: dict[str, Any]
     pending: pa.Table  # REQUEST_SCHEMA + carried columns + ordinal + attempt (the number of the next one)
     counts: PlanCounts
+    forced_over: dict[str, Any] | None = None  # the other configuration this output holds, with --force
+
+
+class VideoTimeout:
+    """How long a video may take: ``--video-timeout``, else the model's (``ModelSpec.video_timeout_s``, for its
+    default size and steps) scaled by the video's latent tokens x steps, doubled when a baseline may run too."""
+
+    def __init__(self, config: JobConfig, spec: ModelSpec):
+        self.fixed = config.video_timeout
+        self.spec = spec
+        d = spec.defaults
+        self.reference = latent_tokens(d.height, d.width, d.num_frames) * d.num_inference_steps
+        self.factor = 2.0 if config.baseline_every and config.cache.mode != "none" else 1.0
+
+    def of_size(self, height: int, width: int, num_frames: int, steps: int) -> float:
+        if self.fixed is not None:
+            return self.fixed
+        work = latent_tokens(height, width, num_frames) * steps
+        return self.factor * self.spec.video_timeout_s * max(1.0, work / self.reference)
+
+    def of(self, block: pa.Table) -> float:
+        """The block's videos' timeouts, summed: they run one after another."""
+        columns = [block.column(n).to_pylist() for n in ("height", "width", "num_frames", "num_inference_steps")]
+        return sum(self.of_size(*size) for size in zip(*columns))
 
 
 def generation_identity(config: JobConfig, defaults: dict[str, Any], model_name: str) -> dict[str, Any]:
@@ -87,33 +114,105 @@ def plan_job(config: JobConfig, *, force: bool = False, run_id: str = "", dry_ru
     bad_defaults = check_size(defaults.height, defaults.width, defaults.num_frames)
     if bad_defaults:
         raise JobError("; ".join(f"job default {f} {m}" for f, m in bad_defaults))
+    max_tokens = config.max_tokens or spec.max_tokens
+    tokens = latent_tokens(defaults.height, defaults.width, defaults.num_frames)
+    if tokens > max_tokens:
+        raise JobError(
+            f"the job's default size {defaults.height}x{defaults.width}x{defaults.num_frames} is {tokens} latent "
+            f"tokens; the limit for {spec.name} is {max_tokens} (--max-tokens)"
+        )
     manifest = read_manifest(
-        config.manifests, defaults, max_prompt_chars=config.max_prompt_chars, s3_endpoint_url=config.s3_endpoint_url
+        config.manifests,
+        defaults,
+        max_prompt_chars=config.max_prompt_chars,
+        max_tokens=max_tokens,
+        s3_endpoint_url=config.s3_endpoint_url,
     )
     # After the manifest, so that a bad manifest leaves no output directory behind; on S3 this checks the bucket.
     storage = open_storage(config.out, s3_endpoint_url=config.s3_endpoint_url, create=not dry_run)
     identity = generation_identity(config, dataclasses.asdict(defaults), spec.name)
-    check_previous_run(storage, identity, force)
+    forced_over = check_previous_run(storage, identity, force)
 
+    if not dry_run:
+        check_exclusive(storage)
+        claim_output(storage, identity, force)
     committed, errored = committed_ids(storage), failed_ids(storage)
     pending, counts = choose_pending(storage, manifest, committed, errored, config.max_attempts)
     counts.out, counts.model = storage.uri, spec.name
+    counts.video_timeout_s = VideoTimeout(config, spec).of_size(
+        defaults.height, defaults.width, defaults.num_frames, defaults.num_inference_steps
+    )
     if not dry_run:
         write_rejections(storage, manifest.rejected, committed, errored, run_id)
-    return Plan(spec, storage, manifest, identity, pending, counts)
+    return Plan(spec, storage, manifest, identity, pending, counts, forced_over)
 
 
-def check_previous_run(storage: Storage, identity: dict[str, Any], force: bool) -> None:
-    """An output belongs to one configuration: another would mix videos that do not match (``--force`` allows)."""
-    if not storage.exists(RUN_KEY):
+def check_previous_run(storage: Storage, identity: dict[str, Any], force: bool) -> dict[str, Any] | None:
+    """An output belongs to one configuration: another would mix videos that do not match (``--force`` allows,
+    and the identity it overrode is returned, for run.json to say so). Reads only: ``claim_output`` binds it."""
+    if storage.exists(IDENTITY_KEY):
+        where, previous = IDENTITY_KEY, json.loads(storage.read_bytes(IDENTITY_KEY))
+    elif storage.exists(RUN_KEY):  # an output of an earlier version
+        where, previous = RUN_KEY, json.loads(storage.read_bytes(RUN_KEY)).get("identity")
+    else:
+        return None
+    if previous is None or previous == identity:
+        return None
+    if not force:
+        raise _other_configuration(storage, where, previous, identity)
+    return previous
+
+
+def claim_output(storage: Storage, identity: dict[str, Any], force: bool) -> None:
+    """Bind the output to this configuration with an exclusive write, so that of two jobs with different
+    configurations starting at once on one output, one is refused (a check of run.json alone lets both in)."""
+    body = json.dumps(identity, sort_keys=True, indent=2).encode()
+    if force:  # the user chose to mix: the output is bound to this configuration from now on
+        storage.put_bytes(IDENTITY_KEY, body, overwrite=True)
         return
-    previous = json.loads(storage.read_bytes(RUN_KEY)).get("identity")
-    if previous is not None and previous != identity and not force:
+    try:
+        storage.put_bytes(IDENTITY_KEY, body)
+    except AlreadyExists:
+        previous = json.loads(storage.read_bytes(IDENTITY_KEY))
+        if previous != identity:
+            raise _other_configuration(storage, IDENTITY_KEY, previous, identity) from None
+
+
+def _other_configuration(storage: Storage, key: str, previous: Any, identity: dict[str, Any]) -> JobError:
+    return JobError(
+        f"{storage.uri_for(key)} says the output was made with a different configuration "
+        f"({json.dumps(previous, sort_keys=True)} vs {json.dumps(identity, sort_keys=True)}); "
+        "its videos would not match this run's. Use another --out, or --force to write into it anyway."
+    )
+
+
+def check_exclusive(storage: Storage) -> None:
+    """Exactly-once rests on exclusive creation (S3 ``If-None-Match: *``, a hard link on disk): probe it once,
+    since a store that ignores the condition (some S3 look-alikes) or a mount without hard links (gcsfuse, s3fs)
+    would otherwise lose it silently or fail every record after its video was made."""
+    key = probe_key(uuid.uuid4().hex)
+    try:
+        storage.put_bytes(key, b"first")
+        try:
+            storage.put_bytes(key, b"second")
+        except AlreadyExists:
+            return
         raise JobError(
-            f"{storage.uri_for(RUN_KEY)} was written by a run with a different configuration "
-            f"({json.dumps(previous, sort_keys=True)} vs {json.dumps(identity, sort_keys=True)}); "
-            "its videos would not match this run's. Use another --out, or --force to write into it anyway."
+            f"{storage.uri} accepted a second exclusive write of one object, so it cannot keep each video committed "
+            "exactly once (an S3 endpoint that ignores If-None-Match?). Use a store that honours conditional writes"
         )
+    except StorageError as exc:
+        if isinstance(exc, AlreadyExists):
+            raise
+        raise JobError(
+            f"{storage.uri} cannot create objects exclusively ({exc}): a local output needs a filesystem with hard "
+            "links (not gcsfuse or s3fs); write to s3:// instead"
+        ) from exc
+    finally:
+        try:
+            storage.delete(key)
+        except StorageError:
+            pass
 
 
 def choose_pending(
@@ -126,6 +225,13 @@ def choose_pending(
     requests = manifest.requests
     ids = requests.column("id")
     done = pc.is_in(ids, committed)
+    drifted = _drift(storage, requests, done)
+    if drifted is not None:  # not committed as asked: reported, counted as rejected, never run over the record
+        mask, errors = drifted
+        manifest.rejected.extend(errors)
+        requests, done = requests.filter(pc.invert(mask)), done.filter(pc.invert(mask))
+        manifest.requests = requests
+        ids = requests.column("id")
     had_error = pc.and_(pc.is_in(ids, errored), pc.invert(done))
     tried = np.zeros(requests.num_rows, dtype=np.int64)
     rows = np.flatnonzero(pc.fill_null(had_error, False).to_numpy(zero_copy_only=False))
@@ -158,6 +264,49 @@ def choose_pending(
             examples.append(str(err))
     counts.rejected_by_reason = {r: len(v) for r, v in sorted(rows_by_reason.items(), key=lambda kv: -len(kv[1]))}
     return pending, counts
+
+
+def _drift(storage: Storage, requests: pa.Table, done: pa.Array) -> tuple[pa.Array, list[RowError]] | None:
+    """Rows whose id is committed with other generation parameters (the prompt or the seed changed under an
+    explicit id, another default): a mask over ``requests`` and their RowErrors, or None when there are none.
+    The committed values come from the snapshot (two columns' worth) and the few records it does not cover."""
+    if not pc.any(done).as_py():
+        return None
+    fields = ["prompt", "seed", *GENERATION_FIELDS]
+    asked = requests.filter(done)
+    recorded = read_records(storage, ids=asked.column("id"), columns=fields)
+    where = pc.index_in(asked.column("id"), recorded.column("id"))
+    differs = {}
+    for name in fields:
+        was = recorded.column(name).take(where)
+        differs[name] = pc.fill_null(pc.not_equal(was, asked.column(name)), False)  # unknown: not drift
+    any_field = differs[fields[0]]
+    for name in fields[1:]:
+        any_field = pc.or_(any_field, differs[name])
+    if not pc.any(any_field).as_py():
+        return None
+    rows = np.flatnonzero(any_field.to_numpy(zero_copy_only=False))
+    taken = pa.array(rows)
+    was_rows = recorded.take(where.take(taken)).to_pylist()
+    errors = []
+    for now, was in zip(asked.take(taken).to_pylist(), was_rows):
+        changed = "; ".join(f"{n}: {was[n]!r} -> {now[n]!r}" for n in fields if was[n] is not None and was[n] != now[n])
+        errors.append(
+            RowError(
+                now["source_file"],
+                now["source_row"],
+                "id",
+                f"{now['id']!r} is already committed with other parameters ({changed}); give the row a new id, or "
+                "delete the record and its video to make it again",
+                now["id"],
+                now["prompt"],
+                "already committed with other parameters",
+            )
+        )
+    # The mask over all requests: the asked rows are the committed ones, in order.
+    full = np.zeros(requests.num_rows, dtype=bool)
+    full[np.flatnonzero(done.to_numpy(zero_copy_only=False))[rows]] = True
+    return pa.array(full), errors
 
 
 def write_rejections(

@@ -51,6 +51,9 @@ def run_job(config: JobConfig, *, force: bool = False) -> JobSummary:
         "plan": {k: v for k, v in counts.to_json().items() if k not in ("files", "rejected_examples")},
         "started_at": started_at.isoformat(),
     }
+    if plan.forced_over is not None:  # --force: this output now mixes two configurations, and says so
+        run_doc["forced_over"] = plan.forced_over
+        log.warning("--force: writing into an output made with another configuration (%s)", plan.forced_over)
     progress = Progress(storage, summary, run_doc, plan.pending.num_rows, t_start)
     progress.start()
     log.info(

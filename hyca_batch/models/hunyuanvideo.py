@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hyca_batch.types import GenerationDefaults
+from hyca_batch.types import GenerationDefaults, latent_tokens
 
 if TYPE_CHECKING:  # diffusers is imported only when a model is really loaded
     import torch
@@ -22,6 +22,9 @@ HUNYUANVIDEO_HUB_ID = "hunyuanvideo-community/HunyuanVideo"
 HUNYUANVIDEO_DEFAULTS = GenerationDefaults(
     height=720, width=1280, num_frames=129, num_inference_steps=50, guidance_scale=6.0, fps=24
 )
+#: The largest size HunyuanVideo documents (720x1280, 129 frames): 118,800 latent tokens. Larger rows are rejected
+#: at validation unless --max-tokens says otherwise (a 4096x4096x513 row would need ~100 GB for its frames alone).
+HUNYUANVIDEO_MAX_TOKENS = latent_tokens(720, 1280, 129)
 
 
 # hunyuanvideo-community/HunyuanVideo's transformer/config.json and vae/config.json: the real sizes, for building

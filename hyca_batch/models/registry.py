@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from hyca_batch.models.hunyuanvideo import HUNYUANVIDEO_DEFAULTS, HUNYUANVIDEO_HUB_ID
+from hyca_batch.models.hunyuanvideo import HUNYUANVIDEO_DEFAULTS, HUNYUANVIDEO_HUB_ID, HUNYUANVIDEO_MAX_TOKENS
 from hyca_batch.models.metadata import read_model_defaults
 from hyca_batch.models.tiny import TINY_DEFAULTS
 from hyca_batch.types import GenerationDefaults
@@ -37,12 +37,18 @@ class ModelSpec:
     kind: str  # "tiny" (built in memory) or "diffusers" (from_pretrained)
     source: str  # hub id or absolute local path ("" for tiny; the package's weights dir for mini)
     defaults: GenerationDefaults
+    max_tokens: int = HUNYUANVIDEO_MAX_TOKENS  # the largest video accepted (--max-tokens overrides)
+    # How long one video at ``defaults`` may take before it is abandoned (scaled by size and steps; --video-timeout
+    # overrides): generous, a hung video is rare and costs at most this.
+    video_timeout_s: float = 4 * 3600.0
 
 
 PRESETS: dict[str, ModelSpec] = {
-    "tiny": ModelSpec(name="tiny", kind=KIND_TINY, source="", defaults=TINY_DEFAULTS),
+    "tiny": ModelSpec(name="tiny", kind=KIND_TINY, source="", defaults=TINY_DEFAULTS, video_timeout_s=600.0),
     # Shipped weights, loaded by path through from_pretrained exactly like a user's local directory.
-    "mini": ModelSpec(name="mini", kind=KIND_DIFFUSERS, source=str(MINI_DIR), defaults=MINI_DEFAULTS),
+    "mini": ModelSpec(
+        name="mini", kind=KIND_DIFFUSERS, source=str(MINI_DIR), defaults=MINI_DEFAULTS, video_timeout_s=600.0
+    ),
     "hunyuanvideo": ModelSpec(
         name="hunyuanvideo", kind=KIND_DIFFUSERS, source=HUNYUANVIDEO_HUB_ID, defaults=HUNYUANVIDEO_DEFAULTS
     ),

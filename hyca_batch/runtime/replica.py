@@ -30,17 +30,46 @@ from hyca_batch.pipeline.encode import encode_mp4
 from hyca_batch.pipeline.fidelity import psnr, relative_l2, ssim
 from hyca_batch.records import utcnow, write_error, write_record
 from hyca_batch.runtime.backend import open_backend
+from hyca_batch.runtime.ranks import RankFailure, load_object
 from hyca_batch.runtime.workers import RankSetup
-from hyca_batch.storage import open_storage
+from hyca_batch.storage import AlreadyExists, open_storage
 from hyca_batch.storage.layout import record_key, replica_key, video_key
 from hyca_batch.types import GenerationResult, Request
 
 log = logging.getLogger(__name__)
 
+#: ``module:function`` (or ``/path/file.py:function``) called as ``function(replica, request)`` before each video:
+#: instrumentation from outside the package (the fault tests kill, hang or break a replica with it). The job
+#: passes every ``HYCA_*`` variable of its own environment on to the replicas.
+REPLICA_HOOK_ENV = "HYCA_REPLICA_HOOK"
+
+#: Errors after which a device cannot be trusted with the next video: a CUDA context poisoned by an illegal
+#: access or a device-side assert, a failed NCCL communicator. Not the video's fault: the replica is replaced
+#: and the video runs elsewhere, uncharged. (Running out of memory is the video's: it is charged as usual.)
+DEVICE_FAULT_MARKERS = (
+    "CUDA error",
+    "CUBLAS_STATUS_",
+    "CUDNN_STATUS_",
+    "cuDNN error",
+    "device-side assert",
+    "NCCL error",
+    "ncclUnhandledCudaError",
+    "ncclSystemError",
+)
+
+
+def is_device_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` says the device (or the rank group on it) is broken, rather than this one video."""
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, RankFailure) and "during start" in text:
+        return True  # the group that replaces a failed one cannot start: every later video would fail the same
+    return "out of memory" not in text and any(marker in text for marker in DEVICE_FAULT_MARKERS)
+
+
 RESULT_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
-        ("status", pa.string()),  # done | already_done | failed
+        ("status", pa.string()),  # done | already_done | failed | device_fault (not run: the device is broken)
         ("attempt", pa.int64()),
         ("total_s", pa.float64()),
         ("speedup", pa.float64()),  # the record's speedup_estimate, for the job summary
@@ -80,6 +109,8 @@ class Replica:
         self.baseline_every = baseline_every
         self.run_id = run_id
         self.extra_schema = extra_schema
+        hook = os.environ.get(REPLICA_HOOK_ENV)
+        self.hook = load_object(hook) if hook else None
 
     def _announce(self, run_id: str, started_at: dt.datetime, load_s: float) -> None:
         """``runs/<run_id>/replica-*.json``: when this replica started and how long its model took to load.
@@ -109,6 +140,9 @@ class Replica:
         attempts, ordinals = batch.column("attempt").to_pylist(), batch.column("ordinal").to_pylist()
         rows, records = [], []
         for request, attempt, ordinal in zip(requests, attempts, ordinals):
+            if rows and rows[-1]["status"] == "device_fault":  # the rest of the block waits for a sound device
+                rows.append(self._result(request.id, "device_fault", attempt, time.perf_counter(), rows[-1]["error"]))
+                continue
             row, record = self.process(request, attempt, ordinal)
             rows.append(row)
             if record is not None:
@@ -124,13 +158,14 @@ class Replica:
             if self.storage.exists(record_key(request.id)):
                 # Committed meanwhile (a concurrent job, an earlier attempt Ray thought lost): the record stands.
                 return self._result(request.id, "already_done", attempt, t0), None
+            if self.hook is not None:
+                self.hook(self, request)
             result = self.backend.generate(request)
             baseline = self._baseline(request, result) if self._wants_baseline(ordinal) else {}
             t_enc = time.perf_counter()
             data = encode_mp4(result.frames, request.fps)
             t_write = time.perf_counter()
-            # No record yet, so any mp4 under this key is an uncommitted leftover of an interrupted try.
-            uri = self.storage.put_bytes(video_key(request.id), data, overwrite=True)
+            key, uri = self._put_video(request.id, data)
             record = {
                 **request.generation_params(),
                 "id": request.id,
@@ -163,11 +198,17 @@ class Replica:
             record["write_s"] = time.perf_counter() - t_write
             record["total_s"] = time.perf_counter() - t0
             committed = write_record(self.storage, record, self.extra_schema, request.extra)
+            if committed is None:
+                # Another writer committed the id first: its record names its own mp4; ours was never named by one.
+                self.storage.delete(key)
             status = "done" if committed is not None else "already_done"
             # Uncached, the estimate only measures loop overhead (~0.9); the summary shows speedups of caches.
             speedup = result.speedup_estimate if self.cache.mode != "none" else None
             return self._result(request.id, status, attempt, t0, speedup=speedup), committed
         except Exception as exc:  # one video's failure must not cost the batch
+            if is_device_fault(exc):
+                log.error("replica device fault on video %s: %s", request.id, exc)
+                return self._result(request.id, "device_fault", attempt, t0, f"{type(exc).__name__}: {exc}"), None
             log.exception("video %s failed (attempt %d)", request.id, attempt)
             message = f"{type(exc).__name__}: {exc}"
             try:
@@ -191,6 +232,24 @@ class Replica:
             except Exception as write_exc:  # storage down: the driver still learns of the failure
                 message += f" (and its error record could not be written: {write_exc})"
             return self._result(request.id, "failed", attempt, t0, message), None
+
+    def _put_video(self, video_id: str, data: bytes) -> tuple[str, str]:
+        """Publish the mp4 exclusively, never over other bytes: (key, URI).
+
+        The plain key is taken unless some earlier try left bytes there without committing (it crashed, or it is
+        a second writer still running, whose record would then name those bytes); then this try's mp4 goes under
+        a key of its own. The record that commits names its mp4, so its sha256 always matches the object.
+        """
+        try:
+            key = video_key(video_id)
+            return key, self.storage.put_bytes(key, data)
+        except AlreadyExists:
+            while True:
+                key = video_key(video_id, attempt=uuid.uuid4().hex[:12])
+                try:
+                    return key, self.storage.put_bytes(key, data)
+                except AlreadyExists:
+                    continue
 
     def _wants_baseline(self, ordinal: int) -> bool:
         return self.baseline_every > 0 and self.cache.mode != "none" and ordinal % self.baseline_every == 0

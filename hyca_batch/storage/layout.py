@@ -2,10 +2,12 @@
 report all read and write through these names, so the layout can only change here.
 
 ```
-videos/<id>.mp4                   the video (written before its record)
+videos/<id>.mp4                   the video (written before its record, exclusively; videos/<id>.<try>.mp4 when
+                                  an uncommitted try left bytes under the plain key)
 records/<id>.parquet              the video's record: its commit marker, written last and exclusively
 errors/<id>.json                  why a row was rejected or a video failed, with every earlier attempt
 records.parquet/part-*.parquet    the records in a few files (a cache for readers; records/ is the truth)
+identity.json                     the configuration (model, cache, defaults) the output is bound to
 run.json                          the latest invocation's options, identity, versions and counts
 progress.json                     the running invocation's counts and ETA, rewritten as it runs
 runs/<run_id>.json                every invocation's document (the cost report charges each)
@@ -17,6 +19,7 @@ solver_map.safetensors (+ .json)  the HyCa solver map the output was made with, 
 from __future__ import annotations
 
 RUN_KEY = "run.json"
+IDENTITY_KEY = "identity.json"  # the configuration the output is bound to, created exclusively by the first run
 PROGRESS_KEY = "progress.json"
 SNAPSHOT = "records.parquet/"  # a Parquet dataset directory: pandas, pyarrow and duckdb read it as one table
 LEGACY_SNAPSHOT_KEY = "records.parquet"  # the single file earlier versions wrote; replaced on the next run
@@ -27,8 +30,10 @@ VIDEOS, RECORDS, ERRORS, RUNS = "videos/", "records/", "errors/", "runs/"
 _VIDEO, _RECORD, _ERROR = ".mp4", ".parquet", ".json"
 
 
-def video_key(video_id: str) -> str:
-    return f"{VIDEOS}{video_id}{_VIDEO}"
+def video_key(video_id: str, attempt: str | None = None) -> str:
+    """``videos/<id>.mp4``; ``videos/<id>.<attempt>.mp4`` for a try that found other uncommitted bytes there (the
+    record's ``output_uri`` always names the one that committed)."""
+    return f"{VIDEOS}{video_id}{'.' + attempt if attempt else ''}{_VIDEO}"
 
 
 def record_key(video_id: str) -> str:
@@ -37,6 +42,11 @@ def record_key(video_id: str) -> str:
 
 def error_key(video_id: str) -> str:
     return f"{ERRORS}{video_id}{_ERROR}"
+
+
+def probe_key(token: str) -> str:
+    """A short-lived object with which a run checks that the store refuses a second exclusive write."""
+    return f"probes/{token}"
 
 
 def snapshot_part_key(run_id: str, staging: int | None = None) -> str:
