@@ -170,9 +170,11 @@ def _listed(storage: Storage, prefix: str, suffix: str) -> pa.Table:
     return pa.table({"id": ids, MODIFIED: listing.column("modified")})
 
 
-def committed_ids(storage: Storage) -> pa.Array:
-    """Ids with a record: one listing, not a request per video."""
-    return _listed(storage, RECORDS, ".parquet").column("id").combine_chunks()
+def committed_listing(storage: Storage) -> pa.Table:
+    """``id`` and ``_modified`` of every record: one listing, not a request per video (``read_records`` takes it
+    back, so a plan lists ``records/`` once)."""
+    return _listed(storage, RECORDS, ".parquet")
+
 
 
 def failed_ids(storage: Storage) -> pa.Array:
@@ -272,15 +274,22 @@ def _snapshot_parts(storage: Storage) -> list[str]:
     return [k for k in storage.list(SNAPSHOT) if k.endswith(".parquet")]
 
 
-def read_records(storage: Storage, *, ids: pa.Array | None = None, columns: list[str] | None = None) -> pa.Table:
+def read_records(
+    storage: Storage,
+    *,
+    ids: pa.Array | None = None,
+    columns: list[str] | None = None,
+    listed: pa.Table | None = None,
+) -> pa.Table:
     """All records of an output as one table (extra columns unified across runs); only those of ``ids`` and
     only ``columns`` (besides ``id``), when given.
 
     The snapshot's rows that still match ``records/`` come from its few part files; only the records it does
     not cover (committed by a job still running or one that was killed, or changed since) are read one file
-    each.
+    each. ``listed``: a ``committed_listing`` the caller already has.
     """
-    listed = _listed(storage, RECORDS, ".parquet")
+    if listed is None:
+        listed = committed_listing(storage)
     if ids is not None:
         listed = listed.filter(pc.is_in(listed.column("id"), ids))
     wanted = None if columns is None else list(dict.fromkeys(["id", *columns]))

@@ -26,7 +26,7 @@ from hyca_batch.config import JobConfig
 from hyca_batch.job.errors import JobError
 from hyca_batch.manifest import Manifest, RowError, check_size, read_manifest, reason_of
 from hyca_batch.models import ModelSpec, resolve_model
-from hyca_batch.records import committed_ids, error_body, failed_ids, read_records, utcnow
+from hyca_batch.records import committed_listing, error_body, failed_ids, read_records, utcnow
 from hyca_batch.storage import AlreadyExists, Storage, StorageError, open_storage
 from hyca_batch.storage.layout import IDENTITY_KEY, RUN_KEY, error_key, probe_key
 from hyca_batch.types import GENERATION_FIELDS, latent_tokens
@@ -136,8 +136,9 @@ def plan_job(config: JobConfig, *, force: bool = False, run_id: str = "", dry_ru
     if not dry_run:
         check_exclusive(storage)
         claim_output(storage, identity, force)
-    committed, errored = committed_ids(storage), failed_ids(storage)
-    pending, counts = choose_pending(storage, manifest, committed, errored, config.max_attempts)
+    listing, errored = committed_listing(storage), failed_ids(storage)
+    committed = listing.column("id")
+    pending, counts = choose_pending(storage, manifest, listing, errored, config.max_attempts)
     counts.out, counts.model = storage.uri, spec.name
     counts.video_timeout_s = VideoTimeout(config, spec).of_size(
         defaults.height, defaults.width, defaults.num_frames, defaults.num_inference_steps
@@ -216,7 +217,7 @@ def check_exclusive(storage: Storage) -> None:
 
 
 def choose_pending(
-    storage: Storage, manifest: Manifest, committed: pa.Array, errored: pa.Array, max_attempts: int
+    storage: Storage, manifest: Manifest, listing: pa.Table, errored: pa.Array, max_attempts: int
 ) -> tuple[pa.Table, PlanCounts]:
     """Which requests to run now, each with the number of its next attempt, and the plan's counts.
 
@@ -224,8 +225,8 @@ def choose_pending(
     """
     requests = manifest.requests
     ids = requests.column("id")
-    done = pc.is_in(ids, committed)
-    drifted = _drift(storage, requests, done)
+    done = pc.is_in(ids, listing.column("id"))
+    drifted = _drift(storage, requests, done, listing)
     if drifted is not None:  # not committed as asked: reported, counted as rejected, never run over the record
         mask, errors = drifted
         manifest.rejected.extend(errors)
@@ -266,7 +267,9 @@ def choose_pending(
     return pending, counts
 
 
-def _drift(storage: Storage, requests: pa.Table, done: pa.Array) -> tuple[pa.Array, list[RowError]] | None:
+def _drift(
+    storage: Storage, requests: pa.Table, done: pa.Array, listing: pa.Table
+) -> tuple[pa.Array, list[RowError]] | None:
     """Rows whose id is committed with other generation parameters (the prompt or the seed changed under an
     explicit id, another default): a mask over ``requests`` and their RowErrors, or None when there are none.
     The committed values come from the snapshot (two columns' worth) and the few records it does not cover."""
@@ -274,7 +277,7 @@ def _drift(storage: Storage, requests: pa.Table, done: pa.Array) -> tuple[pa.Arr
         return None
     fields = ["prompt", "seed", *GENERATION_FIELDS]
     asked = requests.filter(done)
-    recorded = read_records(storage, ids=asked.column("id"), columns=fields)
+    recorded = read_records(storage, ids=asked.column("id"), columns=fields, listed=listing)
     where = pc.index_in(asked.column("id"), recorded.column("id"))
     differs = {}
     for name in fields:

@@ -86,7 +86,7 @@ def resolve_model(model: str) -> ModelSpec:
             )
         defaults = read_model_defaults(resolved) or HUNYUANVIDEO_DEFAULTS
         return ModelSpec(name=str(resolved), kind=KIND_DIFFUSERS, source=str(resolved), defaults=defaults)
-    if _HUB_ID.match(model):
+    if _HUB_ID.fullmatch(model):
         return ModelSpec(name=model, kind=KIND_DIFFUSERS, source=model, defaults=HUNYUANVIDEO_DEFAULTS)
     raise ValueError(
         f"unknown model {model!r}: not a preset ({', '.join(PRESETS)}), not an existing directory "
