@@ -176,7 +176,6 @@ def committed_listing(storage: Storage) -> pa.Table:
     return _listed(storage, RECORDS, ".parquet")
 
 
-
 def failed_ids(storage: Storage) -> pa.Array:
     """Ids with an error record (rejected or failed)."""
     return _listed(storage, ERRORS, ".json").column("id").combine_chunks()
