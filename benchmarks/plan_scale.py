@@ -144,9 +144,7 @@ def check(result: dict, expect: dict, committed: int) -> None:
 def commit_records(storage, requests: pa.Table) -> float:
     """A record per request, put concurrently as the replicas would have, and the snapshot part their run would
     have left (from the rows it was handed, as a run does); returns the seconds it took."""
-    import io
-
-    from hyca_batch.records import SnapshotWriter, record_table, update_snapshot
+    from hyca_batch.records import SnapshotWriter, parquet_bytes, record_table, update_snapshot
     from hyca_batch.storage.layout import record_key
 
     snapshot = SnapshotWriter(storage, "setup")
@@ -155,9 +153,7 @@ def commit_records(storage, requests: pa.Table) -> float:
         items = []
         for row in requests.slice(start, 10_000).to_pylist():
             table = record_table({**row, "status": "done"}, pa.schema([]), {})
-            buf = io.BytesIO()
-            pq.write_table(table, buf)
-            items.append((record_key(row["id"]), buf.getvalue()))
+            items.append((record_key(row["id"]), parquet_bytes(table)))
             snapshot.add(table)
         storage.put_many(items)
     snapshot.flush()

@@ -20,7 +20,7 @@ import json
 import os
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -587,7 +587,7 @@ def _dedupe(requests: pa.Table) -> tuple[pa.Table, list[RowError], int]:
         merged = agreeing.num_rows - len(firsts)
         keep = pc.or_(pc.invert(in_repeated), pc.is_in(table.column("_row"), firsts))
         table = table.filter(keep)
-        rejected = _conflict_errors(conflicts)
+        rejected = _group_errors(conflicts, "duplicate")
     # Ids equal but for case name one file on case-insensitive storage (SMB, APFS): none of them runs.
     lower = pc.utf8_lower(table.column("id"))
     if pc.count_distinct(lower).as_py() == table.num_rows:  # the ids are unique here: one hash pass says "none"
@@ -598,45 +598,26 @@ def _dedupe(requests: pa.Table) -> tuple[pa.Table, list[RowError], int]:
         clashing = spellings.filter(pc.greater(spellings.column("id_count_distinct"), 1)).column("lower")
     if len(clashing):
         in_clash = pc.is_in(lower, clashing)
-        rejected += _case_errors(table.filter(in_clash))
+        rejected += _group_errors(table.filter(in_clash), "case", str.lower)
         table = table.filter(pc.invert(in_clash))
     table = table.drop_columns(["_row"]).sort_by([("source_file", "ascending"), ("source_row", "ascending")])
     return table, rejected, merged
 
 
-def _conflict_errors(conflicts: pa.Table) -> list[RowError]:
-    rows = conflicts.select(["id", "prompt", "source_file", "source_row"]).to_pylist()
-    places: dict[str, list[str]] = defaultdict(list)
-    for r in rows:
-        places[r["id"]].append(f"{r['source_file']} row {r['source_row']}")
-    reason, template = _MESSAGES["duplicate"]
-    return [
-        RowError(
-            r["source_file"],
-            r["source_row"],
-            "id",
-            template.format(value=r["id"], places=", ".join(places[r["id"]])),
-            r["id"],
-            r["prompt"],
-            reason,
-        )
-        for r in sorted(rows, key=lambda r: (r["source_file"], r["source_row"]))
-    ]
-
-
-def _case_errors(clash: pa.Table) -> list[RowError]:
-    rows = clash.select(["id", "prompt", "source_file", "source_row"]).to_pylist()
+def _group_errors(table: pa.Table, kind: str, group: Callable[[str], str] = str) -> list[RowError]:
+    """A RowError for every row of ``table``, whose ids clash in groups (``group`` of the id): each message lists
+    every place of its group and the group's other spellings; the group shares one error record."""
+    rows = table.select(["id", "prompt", "source_file", "source_row"]).to_pylist()
     places: dict[str, list[str]] = defaultdict(list)
     spellings: dict[str, set[str]] = defaultdict(set)
     for r in rows:
-        places[r["id"].lower()].append(f"{r['source_file']} row {r['source_row']}")
-        spellings[r["id"].lower()].add(r["id"])
-    reason, template = _MESSAGES["case"]
+        places[group(r["id"])].append(f"{r['source_file']} row {r['source_row']}")
+        spellings[group(r["id"])].add(r["id"])
+    reason, template = _MESSAGES[kind]
     errors = []
     for r in sorted(rows, key=lambda r: (r["source_file"], r["source_row"])):
-        key = r["id"].lower()
+        key = group(r["id"])  # for case clashes, the spelling every case-insensitive store agrees on
         others = ", ".join(repr(i) for i in sorted(spellings[key] - {r["id"]}))
         message = template.format(value=r["id"], others=others, places=", ".join(places[key]))
-        # One error record for the group, under the spelling every case-insensitive store agrees on.
         errors.append(RowError(r["source_file"], r["source_row"], "id", message, key, r["prompt"], reason))
     return errors

@@ -112,15 +112,20 @@ def record_table(record: dict[str, Any], extra_schema: pa.Schema, extra: dict[st
     return pa.Table.from_pylist([row], schema=schema)
 
 
+def parquet_bytes(table: pa.Table) -> bytes:
+    """A table as the bytes of one Parquet file (records and snapshot parts are put whole)."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
 def write_record(
     storage: Storage, record: dict[str, Any], extra_schema: pa.Schema, extra: dict[str, Any]
 ) -> pa.Table | None:
     """Publish the record (the commit marker): its one-row table, or None when the id was already committed."""
     table = record_table(record, extra_schema, extra)
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
     try:
-        storage.put_bytes(record_key(record["id"]), buf.getvalue())
+        storage.put_bytes(record_key(record["id"]), parquet_bytes(table))
     except AlreadyExists:
         return None
     return table
@@ -328,12 +333,10 @@ class SnapshotWriter:
         if not self.buffer:
             return
         table, self.buffer, self.buffered = _unify(self.buffer), [], 0
-        buf = io.BytesIO()
-        pq.write_table(table, buf)
         key = snapshot_part_key(self.run_id, staging=self.parts)
         self.parts += 1
         try:
-            self.storage.put_bytes(key, buf.getvalue(), overwrite=True)
+            self.storage.put_bytes(key, parquet_bytes(table), overwrite=True)
         except (StorageError, OSError) as exc:
             log.warning("could not write %s (records/ will be read instead): %s", self.storage.uri_for(key), exc)
 
@@ -380,9 +383,7 @@ def update_snapshot(storage: Storage, run_id: str) -> int:
     written = 0
     if new:
         table = _unify(new)
-        buf = io.BytesIO()
-        pq.write_table(table, buf)
-        storage.put_bytes(snapshot_part_key(run_id), buf.getvalue(), overwrite=True)
+        storage.put_bytes(snapshot_part_key(run_id), parquet_bytes(table), overwrite=True)
         written = table.num_rows
     # Only after the new part is in place: a reader between the two sees duplicates (it keeps one per id).
     stale = [k for k in parts if is_staging_part(k)] + (final if merge else [])
