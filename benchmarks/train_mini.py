@@ -44,17 +44,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hyca_batch.models import MINI_DEFAULTS, MINI_DIR  # noqa: E402
 from hyca_batch.models.metadata import write_model_metadata  # noqa: E402
-from hyca_batch.models.mini import (  # noqa: E402
-    MINI_DEFAULTS,
-    MINI_DIR,
+from hyca_batch.training import synthetic as S  # noqa: E402
+from hyca_batch.training.mini import (  # noqa: E402
     MINI_GUIDANCE,
     MINI_SCHEDULER_SHIFT,
     build_untrained_mini_pipeline,
     latent_preview,
     latent_target,
 )
-from hyca_batch.training import synthetic as S  # noqa: E402
 
 
 def stage_args(args: argparse.Namespace, stage: str) -> dict:
