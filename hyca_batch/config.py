@@ -23,6 +23,9 @@ CACHE_MODES = ("none", "fora", "taylorseer", "foca", "hyca")
 GRANULARITIES = ("block", "stack")  # block: per-module features; stack: one residual over all blocks
 ATTENTION_BACKENDS = ("auto", "torch", "xfuser")
 WEIGHTINGS = ("dsigma", "uniform")
+SCHEDULES = ("uniform", "calibrated")  # calibrated: the full steps the solver map's calibration placed
+FORECASTS = ("fixed", "learned")  # learned: ridge fits over the history compete with the fixed solvers
+CLUSTERING_CHOICES = ("auto", "descriptors", "errors", "modules")  # auto: the lowest held-out error
 
 
 def option(help: str, *, name: str | None = None, flag: str | None = None, **limits: float) -> dict[str, Any]:
@@ -47,10 +50,18 @@ class CacheConfig:
         default="block", metadata=option("Cache: block (per-module features) or stack (one residual, low memory).")
     )
     taylorseer_order: int = field(default=2, metadata=option("taylorseer: Taylor order (1 or 2).", min=1, max=2))
+    schedule: str = field(
+        default="calibrated",
+        metadata=option(
+            "hyca: which steps run fully: uniform (every N-th) or calibrated (as many, placed by the calibration "
+            "where forecasts fail most)."
+        ),
+    )
 
     def __post_init__(self) -> None:
         _choice("cache", self.mode, CACHE_MODES)
         _choice("granularity", self.granularity, GRANULARITIES)
+        _choice("schedule", self.schedule, SCHEDULES)
         if self.interval < 1 or self.warmup < 0:
             raise ValueError(f"--interval must be >= 1 and --warmup >= 0, got {self.interval} and {self.warmup}")
         if self.taylorseer_order not in (1, 2):
@@ -82,10 +93,35 @@ class CalibrationConfig:
         ),
     )
 
+    prompts: int = field(
+        default=3,
+        metadata=option(
+            "hyca calibration: prompts probed (a job's first pending ones); each is a fold of the held-out error.",
+            name="calibration_prompts",
+            min=1,
+        ),
+    )
+    forecasts: str = field(
+        default="learned",
+        metadata=option("hyca calibration: fixed solvers only, or learned (ridge) forecasts where they generalize."),
+    )
+    clustering: str = field(
+        default="auto",
+        metadata=option(
+            "hyca calibration: channel clusters by descriptors, errors (forecast-error profiles), modules, or auto "
+            "(the lowest held-out error)."
+        ),
+    )
+
     def __post_init__(self) -> None:
-        if self.clusters < 1 or self.probe_tokens < 1:
-            raise ValueError(f"--clusters and --probe-tokens must be >= 1, got {self.clusters} and {self.probe_tokens}")
+        if self.clusters < 1 or self.probe_tokens < 1 or self.prompts < 1:
+            raise ValueError(
+                f"--clusters, --probe-tokens and --calibration-prompts must be >= 1, "
+                f"got {self.clusters}, {self.probe_tokens} and {self.prompts}"
+            )
         _choice("calibration-weighting", self.weighting, WEIGHTINGS)
+        _choice("forecasts", self.forecasts, FORECASTS)
+        _choice("clustering", self.clustering, CLUSTERING_CHOICES)
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,8 @@ RECORD_SCHEMA = pa.schema(
         pa.field("cache_mode", pa.string()),
         pa.field("cache_interval", pa.int64()),
         pa.field("solver_map_id", pa.string()),
+        pa.field("cache_schedule", pa.string()),
+        pa.field("cache_forecasts", pa.string()),
         pa.field("text_encode_s", pa.float64()),
         pa.field("denoise_s", pa.float64()),
         pa.field("decode_s", pa.float64()),
@@ -86,7 +88,16 @@ RECORD_SCHEMA = pa.schema(
 
 #: Fields that are null unless the video had an uncached baseline (--baseline-every) or a solver map.
 OPTIONAL_FIELDS = frozenset(
-    {"solver_map_id", "baseline_denoise_s", "measured_speedup", "psnr", "ssim", "latent_rel_l2"}
+    {
+        "solver_map_id",
+        "cache_schedule",
+        "cache_forecasts",
+        "baseline_denoise_s",
+        "measured_speedup",
+        "psnr",
+        "ssim",
+        "latent_rel_l2",
+    }
 )
 
 #: Names a manifest's extra columns may not use, since the record already means something by them.

@@ -109,6 +109,7 @@ class GenerationResult:
     transformer_passes_full: int = 0
     transformer_passes_skipped: int = 0
     mean_full_pass_s: float = 0.0
+    cache_parts: dict[str, str] = field(default_factory=dict)  # hyca: the schedule and forecasts this video ran
 
     @property
     def speedup_estimate(self) -> float:

@@ -90,6 +90,8 @@ def test_demo_end_to_end(ray_session, tmp_path):
         "demo",
         "--model",
         "mini",
+        "--cache",
+        "hyca",
         "--dry-run",
         "--plan-json",
         "plan.json",

@@ -108,7 +108,11 @@ def test_calibrate_command_writes_a_loadable_map(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     smap = SolverMap.load(out)
-    assert smap.metadata["interval"] == 3 and len(smap.cluster_solver) == 3
+    md = smap.metadata
+    # auto clustering: --clusters k-means clusters, unless one cluster per module had the lower held-out error
+    assert md["interval"] == 3 and len(smap.cluster_solver) == (md["modules"] if md["clustering"] == "modules" else 3)
+    assert md["folds"] == 2 and md["forecasts"] == "learned" and md["schedule_asked"] == "calibrated"
+    assert sum(smap.full_steps()) == 4 and "held-out" in proc.stderr
     assert json.loads(out.with_suffix(".json").read_text())["id"] == smap.id
     assert smap.id in proc.stderr and "best uniform solver" in proc.stderr
 

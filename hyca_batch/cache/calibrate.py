@@ -1,10 +1,12 @@
 """HyCa calibration: cluster feature channels by how their trajectories move, pick a solver per cluster.
 
 Input is a probe run's recording (every step computed fully): module name -> (T, K, D) float32, T
-denoising steps, K sampled tokens, D channels. Channels are described by a few dynamics descriptors,
-clustered with k-means, and each cluster gets the candidate solver with the lowest forecast error when
-the caching schedule is replayed on the recording exactly as the runtime will run it. The objective is
-a sum over clusters, so choosing per cluster can never be worse than the best single solver.
+denoising steps, K sampled tokens, D channels. Channels are clustered (k-means on dynamics descriptors or on
+forecast-error profiles, or one cluster per module), and each cluster gets, at every skipped step, the
+forecast with the lowest held-out error when the caching schedule is replayed on the recording exactly as the
+runtime will run it (``cache.fit``). The objective is a sum over clusters and steps, so choosing per cluster
+can never be worse than the best single solver. A calibrated schedule moves the full steps to where
+forecasting is hardest (``cache.schedule.optimize_schedule``).
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from collections.abc import Sequence
 
 import torch
 
-from hyca_batch.cache.schedule import schedule_full_steps
+from hyca_batch.cache.fit import CANDIDATES, cluster_grams, fit_schedule, fold_indices, skip_cost_table
+from hyca_batch.cache.schedule import optimize_schedule, schedule_full_steps
 from hyca_batch.cache.solver_map import SolverMap
 from hyca_batch.cache.solvers import SOLVERS, coefficient_table, get_solver, max_points
+from hyca_batch.config import CLUSTERING_CHOICES, FORECASTS, SCHEDULES
 
 DESCRIPTORS: tuple[str, ...] = (
     "log_energy",
@@ -156,6 +160,31 @@ def forecast_errors(
     return errors
 
 
+CLUSTERINGS = CLUSTERING_CHOICES[1:]  # what "auto" chooses among
+
+
+def error_profiles(errors: torch.Tensor, traj: torch.Tensor) -> torch.Tensor:
+    """(D, S) clustering features from a module's (S, D) forecast errors: each solver's error relative to the
+    channel's energy, as a log, so channels group by which solvers fail them and how badly."""
+    energy = traj.double().square().sum((0, 1)).clamp_min(1e-30)
+    return torch.log(errors.double().T / energy.unsqueeze(1) + 1e-12)
+
+
+def _cluster(
+    kind: str, descriptors: list[torch.Tensor], profiles: list[torch.Tensor], clusters: int, seed: int
+) -> tuple[torch.Tensor, int]:
+    """Labels of every (module, channel), modules in sorted order, and how many clusters they index."""
+    if kind == "descriptors":
+        return kmeans(torch.cat(descriptors), clusters, seed=seed)[0], clusters
+    if kind == "errors":
+        return kmeans(torch.cat(profiles), clusters, seed=seed)[0], clusters
+    if kind == "modules":
+        return torch.cat([torch.full((d.shape[0],), i, dtype=torch.long) for i, d in enumerate(descriptors)]), len(
+            descriptors
+        )
+    raise ValueError(f"unknown clustering {kind!r}; choose from auto, {', '.join(CLUSTERINGS)}")
+
+
 def calibrate(
     trajectories: dict[str, torch.Tensor],
     *,
@@ -167,10 +196,21 @@ def calibrate(
     candidates: Sequence[str] = SOLVERS,
     metadata: dict | None = None,
     step_weights: Sequence[float] | None = None,
+    prompts: int = 1,
+    forecasts: str = "fixed",
+    schedule: str = "uniform",
+    clustering: str = "descriptors",
 ) -> SolverMap:
-    """Cluster all (module, channel) pairs by descriptors and give each cluster its best candidate solver.
+    """Cluster all (module, channel) pairs and choose, per cluster and skipped step, the forecast with the lowest
+    held-out error; with ``schedule="calibrated"`` also where the full steps go.
 
-    Errors are divided by each module's mean squared feature so large-magnitude modules don't dominate.
+    ``trajectories`` hold ``prompts`` prompts concatenated over tokens; they are the folds of the held-out
+    error (``cache.fit``). ``forecasts="learned"`` lets a ridge fit over the history compete with the fixed
+    solvers. ``clustering`` is ``descriptors`` (k-means on dynamics descriptors), ``errors`` (k-means on the
+    channels' forecast-error profiles), ``modules`` (one cluster per module) or ``auto`` (the one of those with
+    the lowest held-out error). The per-cluster solver over the uniform schedule (``cluster_solver``) is kept too:
+    it is what a video of another step count or schedule falls back to. Errors are divided by each module's
+    mean squared feature so large-magnitude modules don't dominate.
     """
     if not trajectories:
         raise ValueError("calibration needs at least one recorded module")
@@ -179,22 +219,52 @@ def calibrate(
         raise ValueError("calibration needs at least one candidate solver")
     for name in candidates:
         get_solver(name)
+    if forecasts not in FORECASTS:
+        raise ValueError(f"unknown forecasts {forecasts!r}; choose from {', '.join(FORECASTS)}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
+    kinds = CLUSTERINGS if clustering == "auto" else (clustering,)
+    if any(k not in CLUSTERINGS for k in kinds):
+        raise ValueError(f"unknown clustering {clustering!r}; choose from auto, {', '.join(CLUSTERINGS)}")
     full = schedule_full_steps(num_steps, interval, warmup)
     history = max_points(candidates)
 
     modules = sorted(trajectories)  # order-independent: the same recording gives the same map
-    descriptors, errors, dims = [], [], []
+    descriptors, profiles, errors, dims = [], [], [], []
     for name in modules:
         traj = trajectories[name]
         if traj.dim() != 3 or traj.shape[0] != num_steps:
             raise ValueError(f"trajectory of {name!r} must be ({num_steps}, K, D), got {tuple(traj.shape)}")
         descriptors.append(channel_descriptors(traj))
+        module_errors = forecast_errors(traj, full, history, step_weights).cpu()
+        profiles.append(error_profiles(module_errors, traj))
         scale = traj.double().square().mean().clamp_min(1e-30)
-        errors.append((forecast_errors(traj, full, history, step_weights) / scale).cpu())
+        errors.append(module_errors / scale)
         dims.append(traj.shape[2])
-    labels, _ = kmeans(torch.cat(descriptors), clusters, seed=seed)
-    error = torch.cat(errors, dim=1)  # (S, M)
+    learned = forecasts == "learned"
 
+    # Every clustering asked for, scored by the held-out error of its forecasts over the uniform schedule.
+    scored = {}
+    for kind in kinds:
+        labels, count = _cluster(kind, descriptors, profiles, clusters, seed)
+        grams = cluster_grams(trajectories, dict(zip(modules, labels.split(dims))), count, prompts)
+        fit = fit_schedule(grams, full, step_weights, learned=learned, allowed=candidates)
+        scored[kind] = (labels, count, grams, fit)
+    chosen = min(kinds, key=lambda k: scored[k][3].error)  # ties: the first listed
+    labels, clusters, grams, uniform_fit = scored[chosen]
+    final = uniform_fit
+    calibrated_error = None
+    if schedule == "calibrated":
+        max_gap = min(num_steps, max(2 * interval, interval + 2))
+        cost = skip_cost_table(grams, max_gap, step_weights, learned=learned, allowed=candidates)
+        proposal = optimize_schedule(cost, sum(full), full)
+        if proposal != full:
+            calibrated = fit_schedule(grams, proposal, step_weights, learned=learned, allowed=candidates)
+            calibrated_error = calibrated.error
+            if calibrated.error < uniform_fit.error:
+                final = calibrated
+
+    error = torch.cat(errors, dim=1)  # (S, M)
     cluster_error = torch.zeros(clusters, len(SOLVERS), dtype=torch.float64).index_add_(0, labels, error.T)
     allowed = torch.tensor([SOLVERS.index(c) for c in candidates])
     # Ties go to the first (simplest) candidate. Near-ties too: solvers that coincide on a short history
@@ -211,6 +281,8 @@ def calibrate(
     if mix_total > best_total * (1 + 1e-9) + 1e-300:
         raise AssertionError(f"per-cluster choice ({mix_total}) worse than uniform {best_uniform} ({best_total})")
 
+    skipped = final.candidate >= 0
+    used = final.candidate[skipped]
     sizes = torch.bincount(labels, minlength=clusters)
     meta = {
         "kind": "hyca",
@@ -231,8 +303,27 @@ def calibrate(
         "total_error": mix_total,
         "uniform_errors": {s: float(per_solver_total[SOLVERS.index(s)]) for s in candidates},
         "best_uniform_solver": best_uniform,
+        # The per-step forecasts (what the runtime uses when a video matches the map's step count):
+        "folds": len(fold_indices(trajectories[modules[0]].shape[1], prompts)),
+        "forecasts": forecasts,
+        "schedule": "calibrated" if final is not uniform_fit else "uniform",
+        "schedule_asked": schedule,
+        "full_steps": [t for t, f in enumerate(final.schedule) if f],
+        "clustering": chosen,
+        "clustering_held_out": {k: scored[k][3].error for k in kinds},
+        "held_out_error": {"uniform_schedule": uniform_fit.error, "calibrated_schedule": calibrated_error},
+        "step_forecasts": {name: int((used == i).sum()) for i, name in enumerate(CANDIDATES) if int((used == i).sum())},
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     meta.update(metadata or {})
     channel_cluster = dict(zip(modules, (c.clone() for c in labels.split(dims))))
-    return SolverMap(SOLVERS, cluster_solver, channel_cluster, cluster_error, meta)
+    return SolverMap(
+        SOLVERS,
+        cluster_solver,
+        channel_cluster,
+        cluster_error,
+        meta,
+        schedule=torch.tensor(final.schedule),
+        step_coefficients=final.coefficients,
+        step_choice=final.candidate,
+    )

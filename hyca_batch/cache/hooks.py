@@ -24,7 +24,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
 
 from hyca_batch.cache.probe import DEFAULT_CONTEXT, TrajectoryProbe
-from hyca_batch.cache.schedule import is_full_step
+from hyca_batch.cache.schedule import is_full_step, schedule_full_steps
 from hyca_batch.cache.solver_map import SolverMap
 from hyca_batch.cache.solvers import SOLVERS, coefficient_table, max_points
 from hyca_batch.config import CacheConfig
@@ -105,31 +105,57 @@ class FeatureCache:
         self.states = _States(_CacheState)
         self.stats = PassStats()
         self.bypassed = False  # True: every step full and nothing stored (the uncached baseline)
-        self._channel_solver: dict[str, torch.Tensor] = {}
+        self.per_step = False  # this video runs the map's per-step forecasts and schedule (see ``reset``)
+        self.full_steps: list[bool] | None = None  # the map's schedule, when per_step
+        self._channel_rows: dict[str, torch.Tensor] = {}
         self._points: dict[str, int] = {}
         self._capture_handles: list[torch.utils.hooks.RemovableHandle] = []
 
     # -- per module solver tables -------------------------------------------------------------------
 
-    def channel_solver(self, name: str, device: torch.device) -> torch.Tensor:
-        """(D,) solver index per channel of a module, on the module's device (cached after first use)."""
-        table = self._channel_solver.get(name)
+    def channel_rows(self, name: str, device: torch.device) -> torch.Tensor:
+        """(D,) row of the step's coefficient table per channel of a module, on the module's device: the channel's
+        cluster for per-step forecasts, its cluster's solver otherwise (cached after first use)."""
+        table = self._channel_rows.get(name)
         if table is None or table.device != device:
-            table = self.solver_map.channel_solver(name).to(device)
-            self._channel_solver[name] = table
+            smap = self.solver_map
+            table = (smap.channel_cluster[name] if self.per_step else smap.channel_solver(name)).to(device)
+            self._channel_rows[name] = table
         return table
 
     def history_points(self, name: str) -> int:
-        """Slots a module keeps: as many as its most demanding solver reads, no more (memory)."""
+        """Slots a module keeps: as many as its most demanding forecast reads, no more (memory)."""
         if name not in self._points:
-            self._points[name] = max_points(self.solver_map.solver_names_used(name))
+            smap = self.solver_map
+            points = smap.history_points(name) if self.per_step else max_points(smap.solver_names_used(name))
+            self._points[name] = points
         return self._points[name]
+
+    def step_coefficients(self, times: list[int], step: int) -> torch.Tensor:
+        """The coefficient table of a skipped step: (clusters, H) per-step forecasts or (solvers, H) fixed ones."""
+        if self.per_step:
+            return self.solver_map.step_coefficients[:, step, : len(times)].float()
+        return coefficient_table(times, step).float()
+
+    def parts(self) -> dict[str, str]:
+        """Which parts of HyCa this video ran (for its record): the schedule and the kind of forecasts."""
+        if self.config.mode != "hyca":
+            return {}
+        smap = self.solver_map
+        if not self.per_step:
+            return {"schedule": "uniform", "forecasts": "per-cluster solvers"}
+        return {
+            "schedule": smap.metadata.get("schedule", "uniform"),
+            "forecasts": f"per-step {smap.metadata.get('forecasts', 'fixed')}",
+        }
 
     # -- what the hooks call ------------------------------------------------------------------------
 
     def is_full(self, step: int) -> bool:
         if self.bypassed or self.probe is not None or self.config.mode == "none":
             return True
+        if self.per_step:
+            return step >= len(self.full_steps) or self.full_steps[step]
         return is_full_step(step, self.config.interval, self.config.warmup)
 
     def pass_is_full(self) -> bool:
@@ -152,8 +178,8 @@ class FeatureCache:
     def forecast(self, state: _CacheState, name: str) -> torch.Tensor:
         """One multiply-add per history slot, with per-channel coefficients gathered from the solver table."""
         slots = state.history[name]
-        coef = state.coefficients[:, : len(slots)].to(slots[0].device)  # (len(SOLVERS), h)
-        per_channel = coef[self.channel_solver(name, slots[0].device)]  # (D, h)
+        coef = state.coefficients[:, : len(slots)].to(slots[0].device)  # (rows, h)
+        per_channel = coef[self.channel_rows(name, slots[0].device)]  # (D, h)
         per_channel = per_channel.to(slots[0].dtype).T
         out = slots[0] * per_channel[0]
         for value, c in zip(slots[1:], per_channel[1:]):
@@ -162,12 +188,26 @@ class FeatureCache:
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
-    def reset(self) -> None:
-        """Forget every context's history, the probe's recording and the pass statistics: call before each video."""
+    def reset(self, num_steps: int | None = None) -> None:
+        """Forget every context's history, the probe's recording and the pass statistics: call before each video.
+
+        A hyca map's per-step forecasts (and its schedule) are fitted for one step count and schedule: a video of
+        ``num_steps`` steps uses them when both match (``--schedule calibrated`` takes the map's schedule,
+        ``uniform`` the interval's); any other video forecasts with each cluster's solver on the uniform schedule.
+        """
         self.states.reset()
         self.stats = PassStats()
         if self.probe is not None:
             self.probe.reset()
+        per_step = False
+        smap = self.solver_map
+        if self.config.mode == "hyca" and smap.steps is not None and num_steps == smap.steps:
+            uniform = schedule_full_steps(num_steps, self.config.interval, self.config.warmup)
+            per_step = self.config.schedule == "calibrated" or smap.full_steps() == uniform
+        if per_step != self.per_step:
+            self._channel_rows, self._points = {}, {}
+        self.per_step = per_step
+        self.full_steps = smap.full_steps() if per_step else None
 
     def remove(self) -> None:
         for handle in self._capture_handles:
@@ -228,7 +268,7 @@ class _StepHook(_CacheHook):
         state.step += 1
         state.full = self.cache.is_full(state.step) or not state.times
         if not state.full:
-            state.coefficients = coefficient_table(state.times, state.step).float()
+            state.coefficients = self.cache.step_coefficients(state.times, state.step)
         mask = self.arg(args, kwargs, "encoder_attention_mask")
         state.text_tokens = int(mask[0].sum()) if isinstance(mask, torch.Tensor) else None
         hidden = self.arg(args, kwargs, "hidden_states")

@@ -21,9 +21,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from hyca_batch.cache.solvers import SOLVERS, get_solver
+from hyca_batch.cache.fit import CANDIDATES
+from hyca_batch.cache.solvers import SOLVERS, get_solver, max_points
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added the per-step forecasts and the schedule; version 1 files still load
+_READABLE_VERSIONS = (1, 2)
+_STEP_TENSORS = ("schedule", "step_coefficients", "step_choice")
 _HEADER_KEY = "hyca_solver_map"
 _CHANNEL_PREFIX = "channel_cluster/"
 # Metadata that says when, not what: left out of the content hash.
@@ -55,6 +58,10 @@ class SolverMap:
     channel_cluster: dict[str, torch.Tensor]  # module name -> (D,) long
     cluster_error: torch.Tensor  # (C, len(solvers)) float: normalized calibration error
     metadata: dict = field(default_factory=dict)
+    # The per-step forecasts of a calibrated map, valid for one schedule of T steps (all three or none):
+    schedule: torch.Tensor | None = None  # (T,) bool: the full steps
+    step_coefficients: torch.Tensor | None = None  # (C, T, HISTORY) float64 over the newest full steps
+    step_choice: torch.Tensor | None = None  # (C, T) long into cache.fit.CANDIDATES, -1 at full steps
 
     def __post_init__(self) -> None:
         self.solvers = tuple(self.solvers)
@@ -79,6 +86,43 @@ class SolverMap:
                 raise ValueError(f"channel_cluster[{name!r}] must be a non-empty 1-d tensor")
             if index.min() < 0 or index.max() >= clusters:
                 raise ValueError(f"channel_cluster[{name!r}] indexes outside the {clusters} clusters")
+        present = [getattr(self, k) is not None for k in _STEP_TENSORS]
+        if any(present) and not all(present):
+            raise ValueError(f"a solver map has all of {', '.join(_STEP_TENSORS)} or none of them")
+        if all(present):
+            self.schedule = torch.as_tensor(self.schedule).bool()
+            self.step_coefficients = torch.as_tensor(self.step_coefficients).double()
+            self.step_choice = torch.as_tensor(self.step_choice).long()
+            steps = self.schedule.numel()
+            if self.schedule.dim() != 1 or steps == 0 or not bool(self.schedule[0]):
+                raise ValueError("schedule must be a non-empty 1-d tensor whose first step is full")
+            if self.step_coefficients.dim() != 3 or tuple(self.step_coefficients.shape[:2]) != (clusters, steps):
+                raise ValueError(
+                    f"step_coefficients must have shape ({clusters}, {steps}, H), "
+                    f"got {tuple(self.step_coefficients.shape)}"
+                )
+            if tuple(self.step_choice.shape) != (clusters, steps):
+                raise ValueError(f"step_choice must have shape ({clusters}, {steps})")
+
+    @property
+    def steps(self) -> int | None:
+        """The step count its per-step forecasts were fitted for (None: a map of per-cluster solvers only)."""
+        return None if self.schedule is None else self.schedule.numel()
+
+    def full_steps(self) -> list[bool]:
+        """The schedule its per-step forecasts were fitted for."""
+        if self.schedule is None:
+            raise ValueError(f"solver map {self.id} has no per-step forecasts")
+        return self.schedule.tolist()
+
+    def history_points(self, module: str) -> int:
+        """History slots ``module`` must keep: the most any of its forecasts reads (at least 1)."""
+        if self.step_coefficients is None:
+            return max_points(self.solver_names_used(module))
+        clusters = self.channel_cluster[module].unique()
+        used = (self.step_coefficients[clusters] != 0).any(0).any(0)  # (H,)
+        nonzero = torch.nonzero(used).flatten()
+        return int(nonzero.max()) + 1 if nonzero.numel() else 1
 
     # -- queries -----------------------------------------------------------------------------------
 
@@ -107,6 +151,7 @@ class SolverMap:
             {name: c.to(device) for name, c in self.channel_cluster.items()},
             self.cluster_error.to(device),
             dict(self.metadata),
+            *(None if getattr(self, k) is None else getattr(self, k).to(device) for k in _STEP_TENSORS),
         )
 
     @property
@@ -124,6 +169,9 @@ class SolverMap:
         add_tensor("cluster_error", self.cluster_error)
         for name in sorted(self.channel_cluster):
             add_tensor(f"{_CHANNEL_PREFIX}{name}", self.channel_cluster[name])
+        for key in _STEP_TENSORS:
+            if getattr(self, key) is not None:
+                add_tensor(key, getattr(self, key))
         relevant = {k: v for k, v in self.metadata.items() if k not in _VOLATILE_METADATA}
         digest.update(json.dumps(relevant, sort_keys=True, default=_json_default).encode())
         return digest.hexdigest()[:16]
@@ -152,10 +200,14 @@ class SolverMap:
             }
             for c in range(self.cluster_solver.numel())
         ]
+        if self.step_choice is not None:
+            for c, row in enumerate(self.step_choice.tolist()):
+                clusters[c]["step_forecasts"] = {str(t): CANDIDATES[i] for t, i in enumerate(row) if i >= 0}
         return {
             "id": self.id,
             "solvers": list(self.solvers),
             "metadata": self.metadata,
+            "full_steps": None if self.schedule is None else torch.nonzero(self.schedule).flatten().tolist(),
             "clusters": clusters,
             "modules": modules,
         }
@@ -173,6 +225,9 @@ class SolverMap:
         }
         for name, clusters in self.channel_cluster.items():
             tensors[_CHANNEL_PREFIX + name] = clusters.detach().cpu().clone().contiguous()
+        for key in _STEP_TENSORS:
+            if getattr(self, key) is not None:
+                tensors[key] = getattr(self, key).detach().cpu().clone().contiguous()
         header = {"format": FORMAT_VERSION, "solvers": list(self.solvers), "metadata": self.metadata}
         tmp = path.with_name(path.name + ".tmp")
         save_file(tensors, str(tmp), metadata={_HEADER_KEY: json.dumps(header, default=_json_default)})
@@ -192,7 +247,7 @@ class SolverMap:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 header = json.loads((f.metadata() or {})[_HEADER_KEY])
                 tensors = {key: f.get_tensor(key) for key in f.keys()}
-            if header.get("format") != FORMAT_VERSION:
+            if header.get("format") not in _READABLE_VERSIONS:
                 raise ValueError(f"unsupported format {header.get('format')!r}")
             channel_cluster = {
                 key[len(_CHANNEL_PREFIX) :]: value for key, value in tensors.items() if key.startswith(_CHANNEL_PREFIX)
@@ -203,6 +258,7 @@ class SolverMap:
                 channel_cluster,
                 tensors["cluster_error"],
                 dict(header.get("metadata") or {}),
+                *(tensors.get(key) for key in _STEP_TENSORS),
             )
         except Exception as exc:  # safetensors, JSON and validation errors all mean the same thing here
             raise ValueError(f"solver map {path} is not a valid solver map file: {exc}") from exc

@@ -65,7 +65,7 @@ def print_summary(summary: JobSummary) -> None:
     table.add_column("videos/min", justify="right")
     table.add_column("s/video", justify="right")
     table.add_column("speedup", justify="right")
-    table.add_row(
+    cells = [
         str(summary.total_rows),
         str(summary.done),
         str(summary.skipped),
@@ -74,7 +74,12 @@ def print_summary(summary: JobSummary) -> None:
         f"{summary.videos_per_minute:.1f}",
         f"{summary.mean_seconds_per_video:.2f}",
         f"{summary.mean_speedup:.2f}x" if summary.speedup_count else "-",
-    )
+    ]
+    if summary.baselines:  # --baseline-every: what the cache measurably bought, and what it cost in fidelity
+        table.add_column("measured", justify="right")
+        table.add_column("PSNR", justify="right")
+        cells += [f"{summary.mean_measured_speedup:.2f}x", f"{summary.mean_psnr:.1f} dB"]
+    table.add_row(*cells)
     console.print(table)
     for line in summary.failures[:20]:
         console.print(f"  [red]x[/red] {line}", markup=True, highlight=False)
@@ -207,7 +212,8 @@ def calibrate(
         ..., "--out", "-o", help="Solver map file to write (.safetensors; a .json goes beside it)."
     ),
     prompt: list[str] = typer.Option(
-        ["a red circle moving left on a blue background"], help="Probe prompt (repeatable)."
+        ["a red circle moving left on a blue background", "a green square moving up on a gray background"],
+        help="Probe prompt (repeatable); each is a fold of the held-out error that picks learned forecasts.",
     ),
     **options: Any,
 ) -> None:
@@ -247,6 +253,16 @@ def calibrate(
         f"total calibration error: hyca {mixed:.4g}, best uniform solver {smap.solvers[best]} "
         f"{float(per_solver[best]):.4g}"
     )
+    md = smap.metadata
+    held_out = md["held_out_error"]
+    calibrated = held_out["calibrated_schedule"]
+    console.print(
+        f"per-step forecasts ({md['forecasts']}, {md['clustering']} clusters): "
+        + ", ".join(f"{name} {n}" for name, n in md["step_forecasts"].items())
+        + f"; {md['schedule']} schedule, full steps {md['full_steps']}; held-out error "
+        f"{held_out['uniform_schedule']:.4g} on the uniform schedule"
+        + (f", {calibrated:.4g} on the calibrated one" if calibrated is not None else "")
+    )
     console.print(f"wrote {out} and {Path(out).with_suffix('.json')}")
 
 
@@ -278,6 +294,8 @@ def report(
         ("bill_usd", "bill", "usd"),
         ("cost_per_video_usd", "per video", "usd"),
         ("mean_speedup_estimate", "speedup", "x"),
+        ("mean_measured_speedup", "measured", "x"),
+        ("mean_psnr", "PSNR", "db"),
         ("saved_usd", "saved", "usd"),
     ]
     for key, name, _ in columns:
@@ -310,7 +328,10 @@ def demo(
         manifest,
     )
     console.print(f"manifest: {manifest} ({len(DEMO_PROMPTS)} prompts)")
-    summary = _run(JobConfig(manifests=[manifest], out=out, model=model), force=False, strict=True)
+    # HyCa with every video also generated uncached: the summary and the report show the measured speedup and
+    # the PSNR against the uncached video.
+    config = JobConfig(manifests=[manifest], out=out, model=model, cache=CacheConfig(mode="hyca"), baseline_every=1)
+    summary = _run(config, force=False, strict=True)
     report_dir = os.path.join(out, "report")
     build_report([summary.out], report_dir)
     console.print(f"cost report: {report_dir}/report.html (`hyca-batch report {out} --out {report_dir}` rewrites it)")

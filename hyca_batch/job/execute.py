@@ -342,7 +342,7 @@ def execute(
             failed: list[str] = []
             for row in results.to_pylist():
                 if row["status"] == "done":
-                    summary.add_video(row["total_s"], row["speedup"])
+                    summary.add_video(row["total_s"], row["speedup"], row["measured_speedup"], row["psnr"])
                     bar.update(1)
                 elif row["status"] == "already_done":
                     summary.skipped += 1

@@ -40,17 +40,27 @@ class JobSummary:
     video_seconds: float = 0.0
     speedup_sum: float = 0.0
     speedup_count: int = 0
+    # Videos with an uncached baseline (--baseline-every): measured speedup and PSNR against it.
+    baselines: int = 0
+    measured_speedup_sum: float = 0.0
+    psnr_sum: float = 0.0
     last_commit_at: dt.datetime | None = None  # when the run's last video committed: the end of generation
     failures: list[str] = field(default_factory=list)  # the first MAX_FAILURES_SHOWN, as "id: why"
     failures_more: int = 0  # and how many more
 
-    def add_video(self, total_s: float, speedup: float | None) -> None:
+    def add_video(
+        self, total_s: float, speedup: float | None, measured_speedup: float | None = None, psnr: float | None = None
+    ) -> None:
         self.done += 1
         self.video_seconds += total_s
         self.last_commit_at = utcnow()
         if speedup is not None:
             self.speedup_sum += speedup
             self.speedup_count += 1
+        if measured_speedup is not None and psnr is not None:
+            self.baselines += 1
+            self.measured_speedup_sum += measured_speedup
+            self.psnr_sum += psnr
 
     def add_failure(self, line: str) -> None:
         if len(self.failures) < MAX_FAILURES_SHOWN:
@@ -71,6 +81,14 @@ class JobSummary:
         return self.speedup_sum / self.speedup_count if self.speedup_count else 0.0
 
     @property
+    def mean_measured_speedup(self) -> float:
+        return self.measured_speedup_sum / self.baselines if self.baselines else 0.0
+
+    @property
+    def mean_psnr(self) -> float:
+        return self.psnr_sum / self.baselines if self.baselines else 0.0
+
+    @property
     def ok(self) -> bool:
         return self.failed == 0 and self.exhausted == 0 and self.rejected == 0
 
@@ -87,6 +105,9 @@ class JobSummary:
             "videos_per_minute": round(self.videos_per_minute, 3),
             "mean_seconds_per_video": round(self.mean_seconds_per_video, 3),
             "mean_speedup_estimate": round(self.mean_speedup, 3),
+            "baselines": self.baselines,
+            "mean_measured_speedup": round(self.mean_measured_speedup, 3) if self.baselines else None,
+            "mean_psnr": round(self.mean_psnr, 2) if self.baselines else None,
         }
 
 

@@ -1,6 +1,7 @@
 """The HyCa solver map a job runs with: the one given, else the one its output already has, else calibrated now.
 
-Calibration runs once, on the first pending prompt, in a Ray task with a replica's resources (the driver may
+Calibration runs once, on the first pending prompts (``--calibration-prompts``, those with the first one's
+step count), in a Ray task with a replica's resources (the driver may
 have no GPU), on the same backend a replica would use; the map is stored with the outputs so a resumed run
 uses the same one.
 """
@@ -40,15 +41,24 @@ def job_solver_map(config: JobConfig, spec: ModelSpec, storage: Storage, pending
         import ray
 
         init_ray(config)
-        request = next(Request.from_table(pending.slice(0, 1)))
+        requests = calibration_requests(pending, config.calibration.prompts)
         log.warning(
-            "calibrating the HyCa solver map on %r (interval %d, %d clusters)",
-            request.prompt[:60],
+            "calibrating the HyCa solver map on %d prompt(s), %r first (interval %d, %s schedule)",
+            len(requests),
+            requests[0].prompt[:60],
             config.cache.interval,
-            config.calibration.clusters,
+            config.cache.schedule,
         )
         task = ray.remote(_calibrate).options(num_cpus=config.resources.cpus_per_replica, num_gpus=replica_gpus(config))
-        smap = ray.get(task.remote(spec, request, config))
+        smap = ray.get(task.remote(spec, requests, config))
+    if smap.metadata.get("schedule_asked", "uniform") != config.cache.schedule:
+        log.warning(
+            "solver map %s was calibrated for the %s schedule; this run asks for %s: videos fall back to "
+            "per-cluster solvers on the uniform schedule unless the map's schedule is the uniform one",
+            smap.id,
+            smap.metadata.get("schedule_asked", "uniform"),
+            config.cache.schedule,
+        )
     if smap.metadata.get("interval") != config.cache.interval:
         log.warning(
             "solver map %s was calibrated for interval %s; this run uses %d, where its choices may not be best",
@@ -64,8 +74,19 @@ def job_solver_map(config: JobConfig, spec: ModelSpec, storage: Storage, pending
     return smap
 
 
-def _calibrate(spec: ModelSpec, request: Request, config: JobConfig) -> SolverMap:
+def calibration_requests(pending: pa.Table, count: int) -> list[Request]:
+    """The first ``count`` pending requests that share the first one's step count (a map is fitted for one)."""
+    requests: list[Request] = []
+    for request in Request.from_table(pending.slice(0, max(count * 8, count))):
+        if not requests or request.num_inference_steps == requests[0].num_inference_steps:
+            requests.append(request)
+        if len(requests) == count:
+            break
+    return requests
+
+
+def _calibrate(spec: ModelSpec, requests: list[Request], config: JobConfig) -> SolverMap:
     """In the Ray task: on a replica's backend (its --sp devices: a 720p probe may not fit on one)."""
     setup = RankSetup(model=spec, parallel=config.parallel, device=config.resources.device)
     with open_backend(setup, cpus=config.resources.cpus_per_replica) as backend:
-        return backend.calibrate([request], config.cache, config.calibration)
+        return backend.calibrate(requests, config.cache, config.calibration)

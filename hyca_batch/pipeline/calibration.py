@@ -61,8 +61,20 @@ def calibrate_model(
     steps = {r.num_inference_steps for r in requests}
     if len(steps) != 1:
         raise ValueError(f"calibration requests must share num_inference_steps, got {sorted(steps)}")
-    first = requests[0]
     trajectories = record_trajectories(model, requests, config, cache.granularity, parallel)
+    return calibrate_recording(model, requests, trajectories, cache, config)
+
+
+def calibrate_recording(
+    model: LoadedModel,
+    requests: Sequence[Request],
+    trajectories: dict[str, torch.Tensor],
+    cache: CacheConfig,
+    config: CalibrationConfig = CalibrationConfig(),
+) -> SolverMap:
+    """The map for ``cache``'s schedule from a recording of ``requests`` (``record_trajectories``): one recording
+    serves every interval, schedule and calibration option."""
+    first = requests[0]
     weights = (
         step_weights(model.pipeline.scheduler, first.num_inference_steps) if config.weighting == "dsigma" else None
     )
@@ -87,6 +99,10 @@ def calibrate_model(
         seed=config.seed,
         metadata=metadata,
         step_weights=weights,
+        prompts=len(requests),
+        forecasts=config.forecasts,
+        schedule=cache.schedule,
+        clustering=config.clustering,
     )
 
 

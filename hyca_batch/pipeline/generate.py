@@ -65,7 +65,7 @@ class VideoGenerator:
         pipe, device = self.pipeline, self.model.device
         # A CPU generator makes the initial noise, and so the video, the same on any device.
         generator = torch.Generator(device="cpu").manual_seed(request.seed)
-        self.cache.reset()  # no state crosses from one video to the next
+        self.cache.reset(request.num_inference_steps)  # no state crosses from one video to the next
 
         t0 = time.perf_counter()
         # Leading/trailing whitespace would shift the prompt template's crop boundary.
@@ -107,4 +107,5 @@ class VideoGenerator:
             transformer_passes_full=stats.full,
             transformer_passes_skipped=stats.skipped,
             mean_full_pass_s=stats.mean_full_s,
+            cache_parts=self.cache.parts(),
         )

@@ -78,6 +78,7 @@ SUMMARY_SCHEMA = pa.schema(
         pa.field("mean_denoise_s", pa.float64()),
         pa.field("mean_speedup_estimate", pa.float64()),
         pa.field("mean_measured_speedup", pa.float64()),
+        pa.field("mean_psnr", pa.float64()),
         pa.field("uncached_estimate_usd", pa.float64()),
         pa.field("saved_usd", pa.float64()),
         *[pa.field(f"hours_{c}", pa.float64()) for c in CATEGORIES],
@@ -268,6 +269,7 @@ def _video_rows(records: pa.Table, invocations: dict[str, Invocation]) -> pa.Tab
                 "cached": cached,
                 "speedup_estimate": rec["speedup_estimate"] if cached else None,
                 "measured_speedup": rec.get("measured_speedup"),
+                "psnr": rec.get("psnr"),
                 "saved_usd": saved_s * per_replica * price / 3600,
             }
         )
@@ -281,6 +283,7 @@ def _video_rows(records: pa.Table, invocations: dict[str, Invocation]) -> pa.Tab
             ("cached", pa.bool_()),
             ("speedup_estimate", pa.float64()),
             ("measured_speedup", pa.float64()),
+            ("psnr", pa.float64()),
             ("saved_usd", pa.float64()),
         ]
     )
@@ -371,6 +374,7 @@ def _summary(
         "mean_denoise_s": _mean(videos.column("denoise_s").to_pylist()),
         "mean_speedup_estimate": _mean(speedups.column("speedup_estimate").to_pylist()),
         "mean_measured_speedup": _mean(videos.column("measured_speedup").to_pylist()),
+        "mean_psnr": _mean(videos.column("psnr").to_pylist()),
         "uncached_estimate_usd": bill + saved,
         "saved_usd": saved,
     }

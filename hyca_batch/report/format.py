@@ -20,6 +20,8 @@ def fmt(value: Any, kind: str) -> str:
         return f"{100 * value:.1f}%"
     if kind == "x":
         return f"{value:.2f}x"
+    if kind == "db":
+        return f"{value:.1f} dB"
     if kind == "duration":
         minutes, seconds = divmod(float(value), 60)
         hours, minutes = divmod(int(minutes), 60)

@@ -73,6 +73,8 @@ RESULT_SCHEMA = pa.schema(
         ("attempt", pa.int64()),
         ("total_s", pa.float64()),
         ("speedup", pa.float64()),  # the record's speedup_estimate, for the job summary
+        ("measured_speedup", pa.float64()),  # with an uncached baseline (--baseline-every): measured
+        ("psnr", pa.float64()),  # and the fidelity to it
         ("error", pa.string()),
     ]
 )
@@ -173,6 +175,8 @@ class Replica:
                 "cache_mode": self.cache.mode,
                 "cache_interval": self.cache.interval,
                 "solver_map_id": self.solver_map_id,
+                "cache_schedule": result.cache_parts.get("schedule"),
+                "cache_forecasts": result.cache_parts.get("forecasts"),
                 **result.timings,
                 "encode_s": t_write - t_enc,
                 "transformer_passes_full": result.transformer_passes_full,
@@ -204,7 +208,8 @@ class Replica:
             status = "done" if committed is not None else "already_done"
             # Uncached, the estimate only measures loop overhead (~0.9); the summary shows speedups of caches.
             speedup = result.speedup_estimate if self.cache.mode != "none" else None
-            return self._result(request.id, status, attempt, t0, speedup=speedup), committed
+            measured = {k: baseline.get(k) for k in ("measured_speedup", "psnr")}
+            return self._result(request.id, status, attempt, t0, speedup=speedup, **measured), committed
         except Exception as exc:  # one video's failure must not cost the batch
             if is_device_fault(exc):
                 log.error("replica device fault on video %s: %s", request.id, exc)
@@ -267,7 +272,14 @@ class Replica:
 
     @staticmethod
     def _result(
-        video_id: str, status: str, attempt: int, t0: float, error: str | None = None, speedup: float | None = None
+        video_id: str,
+        status: str,
+        attempt: int,
+        t0: float,
+        error: str | None = None,
+        speedup: float | None = None,
+        measured_speedup: float | None = None,
+        psnr: float | None = None,
     ) -> dict[str, Any]:
         return {
             "id": video_id,
@@ -275,5 +287,7 @@ class Replica:
             "attempt": attempt,
             "total_s": time.perf_counter() - t0,
             "speedup": speedup,
+            "measured_speedup": measured_speedup,
+            "psnr": psnr,
             "error": error,
         }
