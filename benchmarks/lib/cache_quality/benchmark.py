@@ -1,5 +1,6 @@
-"""The whole comparison: a HyCa solver map per N from the calibration prompt, the uncached reference of every
-prompt, every method on every prompt against it, and one summary row (means over the prompts) per method."""
+"""The whole comparison: a HyCa solver map per (variant, N) from one probe recording of the calibration prompts,
+the uncached reference of every prompt, every method on every prompt against it, and one summary row (means over
+the prompts) per method, with the share of block sub-computations (attention, MLP) it really ran."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from benchmarks.lib.cache_quality import peers
 from benchmarks.lib.cache_quality.measure import Bench
 from benchmarks.lib.cache_quality.methods import (
     DIFFUSERS_TAYLORSEER_WARMUP,
+    HYCA_VARIANTS,
     Method,
     build_methods,
     diffusers_taylorseer_expected_refreshes,
@@ -37,6 +40,14 @@ def _round(value: float | None, digits: int = 6) -> float | None:
     return None if value is None else float(f"{value:.{digits}g}")
 
 
+def our_schedule(steps: int, interval: int) -> list[int]:
+    """Our modes' full steps at N (1: full), from the rule our cache runs by: the mask cache-dit is given."""
+    from hyca_batch.cache.schedule import schedule_full_steps
+    from hyca_batch.config import CacheConfig
+
+    return [int(full) for full in schedule_full_steps(steps, interval, CacheConfig().warmup)]
+
+
 def run_benchmark(args: argparse.Namespace) -> dict:
     """Everything ``args`` (``cli.parse_args``) asks for, progress on stderr; the result is what the JSON holds."""
     import diffusers
@@ -44,9 +55,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     from diffusers import FirstBlockCacheConfig, TaylorSeerCacheConfig
     from tqdm import tqdm
 
+    from hyca_batch.cache import SolverMap
     from hyca_batch.config import CacheConfig, CalibrationConfig
     from hyca_batch.models import load_model, resolve_model
-    from hyca_batch.pipeline.calibration import calibrate_model
+    from hyca_batch.pipeline.calibration import calibrate_recording, record_trajectories
     from hyca_batch.pipeline.fidelity import psnr, relative_l2, ssim
     from hyca_batch.types import Request
 
@@ -69,32 +81,61 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         return Request.with_defaults(size, id=f"cache-quality-{i}", prompt=prompt, seed=seed)
 
     requests = [request(i, p, args.seed + i) for i, p in enumerate(args.prompts)]
-    calibration_request = request(-1, args.calibration_prompt, CALIBRATION_SEED)
-    methods = build_methods(args.intervals, args.fbc_thresholds, not args.no_diffusers)
+    calibration_requests = [request(-1 - i, p, CALIBRATION_SEED + i) for i, p in enumerate(args.calibration_prompts)]
+    # cache-dit is optional (the `bench` extra): imported before the references, so that whatever its import
+    # registers is in place for every run, and skipped with a warning when it is not installed.
+    cache_dit_calibrators = list(args.cache_dit_calibrators) if args.cache_dit else []
+    cache_dit_version = peers.cache_dit_version() if cache_dit_calibrators else None
+    if cache_dit_calibrators and cache_dit_version is None:
+        log("WARNING: cache-dit is not installed (pip install -e '.[bench]'): skipping its methods")
+        cache_dit_calibrators = []
+    methods = build_methods(
+        args.intervals, args.fbc_thresholds, not args.no_diffusers, cache_dit_calibrators, args.cache_dit_thresholds
+    )
     log(
         f"model {spec.name} on {device}: {steps} steps, {size.width}x{size.height}x{size.num_frames}, "
         f"{len(requests)} prompt(s), intervals {args.intervals}, {len(methods)} (method, N) pairs"
     )
 
-    # HyCa: one solver map per N from the calibration prompt (calibrate_model installs its own probe cache).
+    # HyCa: one probe recording of the calibration prompts serves every N and every variant's map.
+    t0 = time.perf_counter()
+    recording = record_trajectories(model, calibration_requests, CalibrationConfig(clusters=args.clusters))
+    record_s = time.perf_counter() - t0
+    log(f"recorded the hyca probe of {len(calibration_requests)} calibration prompt(s) ({record_s:.1f} s)")
     solver_maps = {}
-    calibration_info = {}
-    for n in args.intervals:
-        t0 = time.perf_counter()
-        solver_map = calibrate_model(
-            model,
-            [calibration_request],
-            CacheConfig(mode="hyca", interval=n),
-            CalibrationConfig(clusters=args.clusters),
-        )
-        solver_maps[n] = solver_map
-        calibration_info[str(n)] = {
-            "solver_map_id": solver_map.id,
-            "clusters": int(solver_map.cluster_solver.numel()),
-            "cluster_solvers": [solver_map.solvers[int(i)] for i in solver_map.cluster_solver.tolist()],
-            "seconds": round(time.perf_counter() - t0, 3),
-        }
-        log(f"calibrated hyca N={n}: solver map {solver_map.id} ({time.perf_counter() - t0:.1f} s)")
+    calibration_info: dict[str, dict[str, Any]] = {}
+    for name, parts in HYCA_VARIANTS.items():
+        for n in args.intervals:
+            t0 = time.perf_counter()
+            solver_map = calibrate_recording(
+                model,
+                calibration_requests,
+                recording,
+                CacheConfig(mode="hyca", interval=n, schedule=parts["schedule"]),
+                CalibrationConfig(clusters=args.clusters, forecasts=parts["forecasts"], clustering=parts["clustering"]),
+            )
+            if not parts.get("per_step", True):  # only the per-cluster solvers: how hyca ran before per-step forecasts
+                solver_map = SolverMap(
+                    solver_map.solvers,
+                    solver_map.cluster_solver,
+                    solver_map.channel_cluster,
+                    solver_map.cluster_error,
+                    solver_map.metadata,
+                )
+            solver_maps[(name, n)] = solver_map
+            md = solver_map.metadata
+            calibration_info.setdefault(name, {})[str(n)] = {
+                "solver_map_id": solver_map.id,
+                "clusters": int(solver_map.cluster_solver.numel()),
+                "cluster_solvers": [solver_map.solvers[int(i)] for i in solver_map.cluster_solver.tolist()],
+                "per_step": solver_map.schedule is not None,
+                **{
+                    key: md[key]
+                    for key in ("clustering", "clustering_held_out", "held_out_error", "step_forecasts", "full_steps")
+                },
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+            log(f"calibrated {name} N={n}: solver map {solver_map.id}, full steps {md['full_steps']}")
 
     def activator(method: Method) -> Callable[[], None]:
         if method.family == "hyca_batch":
@@ -102,12 +143,21 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 mode=method.params["mode"],
                 interval=method.interval,
                 taylorseer_order=method.params.get("taylorseer_order", 2),
+                schedule=method.params.get("schedule", "uniform"),
             )
-            solver_map = solver_maps[method.interval] if config.mode == "hyca" else None
+            solver_map = solver_maps[(method.name, method.interval)] if config.mode == "hyca" else None
 
             def activate() -> None:
-                bench.disable_diffusers()
+                bench.disable_peers()
                 bench.install_ours(config, solver_map)
+
+        elif method.family == "cache-dit":
+            calibrator = method.params["calibrator"]
+            mask = our_schedule(steps, method.interval) if method.interval is not None else None
+            threshold = method.params.get("residual_diff_threshold")
+
+            def activate() -> None:
+                bench.enable_cache_dit(steps, calibrator, mask=mask, threshold=threshold)
 
         else:
 
@@ -126,6 +176,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         return activate
 
     bench = Bench(model)
+    bench_subcalls = bench.block_counter.per_pass
     total = len(requests) * (1 + len(methods) * (1 + args.repeats))
     progress = tqdm(total=total, desc="generating", unit="video", file=sys.stderr, disable=not sys.stderr.isatty())
     tick = lambda: progress.update(1)  # noqa: E731
@@ -141,6 +192,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 raise RuntimeError(
                     f"uncached run of {r.prompt!r} made {ref.passes} transformer passes, expected {steps}"
                 )
+            if any(count != steps for count in ref.block_computes.values()):
+                raise RuntimeError(f"uncached run of {r.prompt!r}: block sub-computations {ref.block_computes}")
             references.append(ref)
         reference_flops = references[0].transformer_flops
 
@@ -156,11 +209,12 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                     count = i == 0 or method.interval is None
                     per_prompt.append((r, ref, bench.measure(r, ref, activate, args.repeats, count, tick)))
             finally:
-                bench.disable_diffusers()
+                bench.disable_peers()
             row = summarize(method, per_prompt, steps, solver_maps, reference_flops, psnr, ssim, relative_l2)
             rows.append(row)
             tqdm.write(
-                f"[{k}/{len(methods)}] {label}: full {row['full_passes']:g}, speedup {row['speedup']:.2f}, "
+                f"[{k}/{len(methods)}] {label}: full {row['full_passes']:g}, "
+                f"block compute {row['block_compute_fraction']:.3f}, speedup {row['speedup']:.2f}, "
                 f"latent rel L2 {row['latent_rel_l2']:.3e} ({time.perf_counter() - started:.0f} s)",
                 file=sys.stderr,
             )
@@ -197,6 +251,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             "python": platform.python_version(),
             "torch": torch.__version__,
             "diffusers": diffusers.__version__,
+            "cache_dit": cache_dit_version,
         },
         "steps": steps,
         "height": size.height,
@@ -208,12 +263,21 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "extra_timed_pairs": bench.extra_pairs,
         "prompts": [{"prompt": r.prompt, "seed": r.seed} for r in requests],
         "calibration": {
-            "prompt": calibration_request.prompt,
-            "seed": calibration_request.seed,
+            "prompts": [{"prompt": r.prompt, "seed": r.seed} for r in calibration_requests],
             "clusters": args.clusters,
+            "record_s": round(record_s, 3),
             "maps": calibration_info,
         },
         "diffusers_taylorseer_warmup": DIFFUSERS_TAYLORSEER_WARMUP,
+        # Per transformer pass: each block's attention and MLP (measure.BlockComputeCounter).
+        "block_subcalls_per_pass": bench_subcalls,
+        "cache_dit": {
+            **peers.settings(),
+            "calibrators": cache_dit_calibrators,
+            "thresholds": list(args.cache_dit_thresholds) if cache_dit_calibrators else [],
+        }
+        if cache_dit_calibrators
+        else None,
         "reference": reference_info,
         "rows": rows,
         "wall_s": round(time.perf_counter() - started, 1),
@@ -232,13 +296,16 @@ def summarize(method: Method, per_prompt, steps: int, solver_maps, reference_flo
                 )
         elif method.params["cache"] == "TaylorSeerCacheConfig":
             full = run.attn_computes
-        else:
+        else:  # FirstBlockCache, cache-dit: passes where the last block ran
             full = run.tail_computes
+        computed, uncached = sum(run.block_computes.values()), sum(ref.block_computes.values())
         items.append(
             {
                 "prompt": request.prompt,
                 "full_passes": full,
                 "transformer_passes": run.passes,
+                "block_computes": run.block_computes,
+                "block_compute_fraction": _round(computed / uncached, 6),
                 "denoise_s": _round(run.denoise_s),
                 "reference_denoise_s": _round(min(run.reference_s)),
                 "speedup": _round(min(run.reference_s) / run.denoise_s, 4),
@@ -267,6 +334,8 @@ def summarize(method: Method, per_prompt, steps: int, solver_maps, reference_flo
         # The theoretical speedup holds only where a skipped pass runs no block: our modes.
         "flops_ratio": _round(passes / full_mean, 4) if method.family == "hyca_batch" and full_mean else None,
         "flops_ratio_measured": _round(mean(measured), 4) if measured else None,
+        # Block sub-computations (attention, MLP) that ran / the uncached run's: the compute axis of the plot.
+        "block_compute_fraction": _round(mean([i["block_compute_fraction"] for i in items]), 6),
         "speedup": _round(mean([i["speedup"] for i in items]), 4),
         "denoise_s": _round(mean([i["denoise_s"] for i in items])),
         # PSNR is inf (null) for a video identical to the reference, e.g. a cache that never skipped.
@@ -276,8 +345,8 @@ def summarize(method: Method, per_prompt, steps: int, solver_maps, reference_flo
         "deterministic": all(i["deterministic"] for i in items),
         "per_prompt": items,
     }
-    if method.name == "hyca":
-        row["solver_map_id"] = solver_maps[method.interval].id
+    if method.params.get("mode") == "hyca":
+        row["solver_map_id"] = solver_maps[(method.name, method.interval)].id
     if method.params.get("cache") == "TaylorSeerCacheConfig":
         row["expected_full_passes"] = diffusers_taylorseer_expected_refreshes(
             steps, method.interval, DIFFUSERS_TAYLORSEER_WARMUP
@@ -286,6 +355,13 @@ def summarize(method: Method, per_prompt, steps: int, solver_maps, reference_flo
             log(
                 f"WARNING: {method.name} N={method.interval}: attention ran in {row['full_passes']} passes, "
                 f"diffusers' schedule says {row['expected_full_passes']}: is the cache engaged?"
+            )
+    if method.family == "cache-dit" and method.interval is not None:
+        row["expected_full_passes"] = sum(our_schedule(steps, method.interval))
+        if row["full_passes"] != row["expected_full_passes"]:
+            log(
+                f"WARNING: {method.name} N={method.interval}: the last block ran in {row['full_passes']} passes, "
+                f"its steps mask computes {row['expected_full_passes']}: is the cache engaged?"
             )
     if not row["deterministic"]:
         log(f"WARNING: {method.name} N={method.interval}: repeated runs of one prompt gave different results")

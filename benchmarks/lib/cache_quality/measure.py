@@ -1,6 +1,6 @@
 """Runs on one loaded model with at most one cache active at a time: what each run computed (transformer passes,
-the passes where the first attention or the last block really ran, FLOPs), and timings paired with uncached runs
-so that a machine whose load changes still gives honest ratios."""
+the passes where the first attention or the last block really ran, the block sub-computations that ran, FLOPs),
+and timings paired with uncached runs so that a machine whose load changes still gives honest ratios."""
 
 from __future__ import annotations
 
@@ -49,6 +49,41 @@ class CallCounter:
         self.handle.remove()
 
 
+class BlockComputeCounter:
+    """Counts the block sub-computations that really ran: per block, its attention and its MLP.
+
+    Double-stream blocks: ``attn.to_q`` and ``ff``; single-stream: ``attn.to_q`` and ``proj_mlp``. A cache that
+    skips a block replaces the block's forward (ours, diffusers' and cache-dit's hooks alike), so a hook on the
+    block would fire anyway; these inner modules run only when the block (or, for diffusers' TaylorSeer, which
+    forecasts only attention, that part of it) really computes.
+    """
+
+    def __init__(self, transformer) -> None:
+        self.counters: dict[str, CallCounter] = {}
+        for i, block in enumerate(transformer.transformer_blocks):
+            self.counters[f"double.{i}.attn"] = CallCounter(block.attn.to_q)
+            self.counters[f"double.{i}.mlp"] = CallCounter(block.ff)
+        for i, block in enumerate(transformer.single_transformer_blocks):
+            self.counters[f"single.{i}.attn"] = CallCounter(block.attn.to_q)
+            self.counters[f"single.{i}.mlp"] = CallCounter(block.proj_mlp)
+
+    @property
+    def per_pass(self) -> int:
+        """Sub-computations of one full transformer pass."""
+        return len(self.counters)
+
+    def reset(self) -> None:
+        for counter in self.counters.values():
+            counter.count = 0
+
+    def counts(self) -> dict[str, int]:
+        return {name: counter.count for name, counter in self.counters.items()}
+
+    def remove(self) -> None:
+        for counter in self.counters.values():
+            counter.remove()
+
+
 @dataclass
 class Run:
     frames: Any
@@ -58,6 +93,7 @@ class Run:
     full: int  # ours: the cache's full count; -1 in mode none
     attn_computes: int  # passes where the first double block's attention ran
     tail_computes: int  # passes where the last single block ran
+    block_computes: dict[str, int] = field(default_factory=dict)  # BlockComputeCounter.counts()
     transformer_flops: int | None = None
     deterministic: bool = True
     reference_s: list[float] = field(default_factory=list)  # interleaved uncached timings
@@ -76,19 +112,35 @@ class Bench:
         self.extra_pairs = 0  # timed pairs added because the timings disagreed (a noisy machine)
         self.attn_counter = CallCounter(self.transformer.transformer_blocks[0].attn.to_q)
         self.tail_counter = CallCounter(self.transformer.single_transformer_blocks[-1].proj_out)
+        self.block_counter = BlockComputeCounter(self.transformer)
+        self.cache_dit = None  # peers.CacheDit, made on first use (cache-dit is optional)
 
     # -- installing and removing caches (never two at once) -----------------------------------------------
 
     def _diffusers_cache_active(self) -> bool:
         return bool(getattr(self.transformer, "is_cache_enabled", False))
 
+    def _cache_dit_active(self) -> bool:
+        return bool(getattr(self.transformer, "_is_cached", False)) or (
+            self.cache_dit is not None and self.cache_dit.active
+        )
+
     def install_ours(self, config, solver_map=None) -> None:
         from hyca_batch.pipeline.generate import VideoGenerator
 
         if self._diffusers_cache_active():
             raise RuntimeError("a diffusers cache is still enabled; disable it before installing our FeatureCache")
+        if self._cache_dit_active():
+            raise RuntimeError("cache-dit is still enabled; disable it before installing our FeatureCache")
         self.remove_ours()
         self.generator = VideoGenerator(self.model, cache=config, solver_map=solver_map)
+
+    def _counter_only(self) -> None:
+        """Our cache in mode none: no block hooks, nothing forecast; it only counts and times passes."""
+        from hyca_batch.config import CacheConfig
+
+        if self.generator is None or self.generator.cache.config.mode != "none":
+            self.install_ours(CacheConfig(mode="none"))
 
     def remove_ours(self) -> None:
         if self.generator is not None:
@@ -96,42 +148,73 @@ class Bench:
             self.generator = None
 
     def enable_diffusers(self, config) -> None:
-        from hyca_batch.config import CacheConfig
-
-        self.disable_diffusers()
-        # Our cache stays installed only as the pass counter (mode none: no block hooks, nothing forecast).
-        if self.generator is None or self.generator.cache.config.mode != "none":
-            self.install_ours(CacheConfig(mode="none"))
+        self.disable_peers()
+        self._counter_only()  # our cache stays installed only as the pass counter
         self.transformer.enable_cache(config)
 
     def disable_diffusers(self) -> None:
         if self._diffusers_cache_active():
             self.transformer.disable_cache()
 
-    def activate_reference(self) -> None:
-        from hyca_batch.config import CacheConfig
+    def enable_cache_dit(self, steps: int, calibrator: str, mask=None, threshold: float | None = None) -> None:
+        """cache-dit's DBCache (``peers.CacheDit.enable``), over our cache in mode none (the pass counter):
+        enabled after it and disabled before it is removed, so that each restores what the other saw."""
+        from benchmarks.lib.cache_quality.peers import CacheDit
 
+        self.disable_peers()
+        self._counter_only()
+        if self.cache_dit is None:
+            self.cache_dit = CacheDit(self.model.pipeline)
+        self.cache_dit.enable(steps, calibrator, mask=mask, threshold=threshold)
+
+    def disable_cache_dit(self) -> None:
+        if self.cache_dit is not None:
+            self.cache_dit.disable()
+
+    def disable_peers(self) -> None:
+        """Disable diffusers' and cache-dit's caches, whichever is enabled."""
+        self.disable_cache_dit()
         self.disable_diffusers()
-        if self.generator is None or self.generator.cache.config.mode != "none":
-            self.install_ours(CacheConfig(mode="none"))
+
+    def activate_reference(self) -> None:
+        self.disable_peers()
+        self._counter_only()
 
     def close(self) -> None:
-        self.disable_diffusers()
+        self.disable_peers()
         self.remove_ours()
         self.attn_counter.remove()
         self.tail_counter.remove()
+        self.block_counter.remove()
 
     # -- running ----------------------------------------------------------------------------------------
 
     def once(self, request, count_flops: bool = False) -> Run:
         self.attn_counter.count = self.tail_counter.count = 0
+        self.block_counter.reset()
         flops = None
         if count_flops:
-            counter = flop_counter()
-            with counter:
-                result = self.generator(request)
-            per_module = counter.get_flop_counts().get(type(self.transformer).__name__, {})
-            flops = int(sum(per_module.values()))
+            # The counter's running total around each transformer call, not its per-module table: cache-dit's
+            # cached blocks hold the transformer as a submodule, and that cycle garbles the table's module names.
+            counter, inside = flop_counter(), [0, 0]  # [total at the call's start, FLOPs inside calls]
+
+            def started(module, args) -> None:
+                inside[0] = counter.get_total_flops()
+
+            def finished(module, args, output) -> None:
+                inside[1] += counter.get_total_flops() - inside[0]
+
+            handles = [
+                self.transformer.register_forward_pre_hook(started),
+                self.transformer.register_forward_hook(finished),
+            ]
+            try:
+                with counter:
+                    result = self.generator(request)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            flops = int(inside[1])
         else:
             result = self.generator(request)
         mode = self.generator.cache.config.mode
@@ -143,6 +226,7 @@ class Bench:
             full=result.transformer_passes_full if mode != "none" else -1,
             attn_computes=self.attn_counter.count,
             tail_computes=self.tail_counter.count,
+            block_computes=self.block_counter.counts(),
             transformer_flops=flops,
         )
 
@@ -176,10 +260,11 @@ class Bench:
             activate()
             run = self.once(request)
             first.cached_s.append(run.denoise_s)
-            if not torch.equal(run.latents, first.latents) or (run.attn_computes, run.tail_computes) != (
-                first.attn_computes,
-                first.tail_computes,
-            ):
+            if not torch.equal(run.latents, first.latents) or (
+                run.attn_computes,
+                run.tail_computes,
+                run.block_computes,
+            ) != (first.attn_computes, first.tail_computes, first.block_computes):
                 first.deterministic = False
 
         def unstable(times: list[float]) -> bool:

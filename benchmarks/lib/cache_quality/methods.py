@@ -1,5 +1,6 @@
 """The compared methods: our FeatureCache modes at every N, diffusers' TaylorSeer at every N (its schedule computed
-as its hook does, to check it engaged) and FirstBlockCache per threshold, and the order the table lists them in."""
+as its hook does, to check it engaged) and FirstBlockCache per threshold, cache-dit's DBCache with each calibrator
+at every N (our schedule as its steps mask) and per threshold, and the order the table lists them in."""
 
 from __future__ import annotations
 
@@ -7,21 +8,40 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from benchmarks.lib.cache_quality.peers import CACHE_DIT_CALIBRATORS, method_name
+
 #: diffusers' TaylorSeer cannot forecast before its first refresh: 1 is the fewest warmup steps it takes.
 DIFFUSERS_TAYLORSEER_WARMUP = 1
-OUR_METHODS = ("fora", "taylorseer-o1", "taylorseer-o2", "foca", "hyca")
+#: HyCa's parts, switched on one at a time: hyca-v1 is the per-cluster solver on the uniform schedule (before per-step
+#: forecasts); hyca is the default (calibrated schedule, learned forecasts, clustering by held-out error).
+HYCA_VARIANTS: dict[str, dict[str, Any]] = {
+    "hyca-v1": {"schedule": "uniform", "forecasts": "fixed", "clustering": "descriptors", "per_step": False},
+    "hyca-uniform-fixed": {"schedule": "uniform", "forecasts": "fixed", "clustering": "auto"},
+    "hyca-uniform-learned": {"schedule": "uniform", "forecasts": "learned", "clustering": "auto"},
+    "hyca-calibrated-fixed": {"schedule": "calibrated", "forecasts": "fixed", "clustering": "auto"},
+    "hyca": {"schedule": "calibrated", "forecasts": "learned", "clustering": "auto"},
+}
+OUR_METHODS = ("fora", "taylorseer-o1", "taylorseer-o2", "foca", *HYCA_VARIANTS)
 DIFFUSERS_TAYLORSEER_METHODS = ("diffusers-taylorseer-o1", "diffusers-taylorseer-o2")
+CACHE_DIT_METHODS = tuple(method_name(c) for c in CACHE_DIT_CALIBRATORS)
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
-    family: str  # "hyca_batch" (our FeatureCache) or "diffusers"
-    interval: int | None  # None: adaptive (FirstBlockCache)
+    family: str  # "hyca_batch" (our FeatureCache), "diffusers" or "cache-dit"
+    interval: int | None  # None: adaptive (FirstBlockCache, cache-dit with a threshold)
     params: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 
-def build_methods(intervals: Sequence[int], fbc_thresholds: Sequence[float], with_diffusers: bool) -> list[Method]:
+def build_methods(
+    intervals: Sequence[int],
+    fbc_thresholds: Sequence[float],
+    with_diffusers: bool,
+    cache_dit_calibrators: Sequence[str] = (),
+    cache_dit_thresholds: Sequence[float] = (),
+) -> list[Method]:
+    """Every (method, N); cache-dit's only for the calibrators given (none: no cache-dit methods)."""
     methods: list[Method] = []
     for n in intervals:
         methods += [
@@ -29,7 +49,7 @@ def build_methods(intervals: Sequence[int], fbc_thresholds: Sequence[float], wit
             Method("taylorseer-o1", "hyca_batch", n, {"mode": "taylorseer", "taylorseer_order": 1}),
             Method("taylorseer-o2", "hyca_batch", n, {"mode": "taylorseer", "taylorseer_order": 2}),
             Method("foca", "hyca_batch", n, {"mode": "foca"}),
-            Method("hyca", "hyca_batch", n, {"mode": "hyca"}),
+            *(Method(name, "hyca_batch", n, {"mode": "hyca", **parts}) for name, parts in HYCA_VARIANTS.items()),
         ]
         if with_diffusers:
             for order in (1, 2):
@@ -46,6 +66,10 @@ def build_methods(intervals: Sequence[int], fbc_thresholds: Sequence[float], wit
                         },
                     )
                 )
+        for calibrator in cache_dit_calibrators:
+            methods.append(
+                Method(method_name(calibrator), "cache-dit", n, {"cache": "DBCache", "calibrator": calibrator})
+            )
     if with_diffusers:
         for threshold in fbc_thresholds:
             methods.append(
@@ -56,17 +80,41 @@ def build_methods(intervals: Sequence[int], fbc_thresholds: Sequence[float], wit
                     {"cache": "FirstBlockCacheConfig", "threshold": threshold},
                 )
             )
+    for calibrator in cache_dit_calibrators:
+        for threshold in cache_dit_thresholds:
+            methods.append(
+                Method(
+                    method_name(calibrator, threshold),
+                    "cache-dit",
+                    None,
+                    {"cache": "DBCache", "calibrator": calibrator, "residual_diff_threshold": threshold},
+                )
+            )
     return methods
 
 
+def _threshold(name: str) -> float:
+    try:
+        return float(name.rsplit("-", 1)[1].lstrip("r"))
+    except ValueError:
+        return 0.0
+
+
 def method_order(name: str) -> tuple[int, float, str]:
-    """Our modes, then diffusers' TaylorSeer, then FirstBlockCache by threshold."""
-    known = (*OUR_METHODS, *DIFFUSERS_TAYLORSEER_METHODS)
+    """Our modes (hyca variants, ``hyca-*``, after hyca), diffusers' TaylorSeer, cache-dit at N, then the adaptive
+    ones: FirstBlockCache by threshold, cache-dit by calibrator and threshold."""
+    known = (*OUR_METHODS, *DIFFUSERS_TAYLORSEER_METHODS, *CACHE_DIT_METHODS)
     if name in known:
-        return (known.index(name), 0.0, name)
+        rank = known.index(name)
+        return (rank + (1 if rank > OUR_METHODS.index("hyca") else 0), 0.0, name)
+    if name.startswith("hyca"):
+        return (OUR_METHODS.index("hyca") + 1, 0.0, name)
     if name.startswith("diffusers-fbc-"):
-        return (len(known), float(name.rsplit("-", 1)[1]), name)
-    return (len(known) + 1, 0.0, name)
+        return (len(known) + 1, _threshold(name), name)
+    for i, base in enumerate(CACHE_DIT_METHODS):
+        if name.startswith(f"{base}-r"):
+            return (len(known) + 2 + i, _threshold(name), name)
+    return (len(known) + 2 + len(CACHE_DIT_METHODS), 0.0, name)
 
 
 def row_order(row: dict) -> tuple:

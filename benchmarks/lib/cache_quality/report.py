@@ -7,6 +7,8 @@ import sys
 
 from benchmarks.lib.tables import fmt
 
+METHOD_WIDTH = 28
+
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -18,7 +20,8 @@ def format_report(result: dict) -> str:
         f"{result['torch_threads']} thread(s)), {result['steps']} steps, "
         f"{result['width']}x{result['height']}x{result['num_frames']}, {len(result['prompts'])} prompt(s), "
         f"best of {result['repeats']}+ timed pair(s); torch {result['versions']['torch']}, "
-        f"diffusers {result['versions']['diffusers']}",
+        f"diffusers {result['versions']['diffusers']}"
+        + (f", cache-dit {result['versions']['cache_dit']}" if result["versions"].get("cache_dit") else ""),
         "uncached denoise, best per prompt: "
         + ", ".join(f"{r['denoise_s'] * 1000:.0f} ms" for r in result["reference"])
         + " (slowest/best of its "
@@ -26,10 +29,21 @@ def format_report(result: dict) -> str:
         + " timed runs: "
         + ", ".join(f"{r['slowest_over_best']:.1f}x" for r in result["reference"])
         + ")",
+    ]
+    cache_dit = result.get("cache_dit")
+    if cache_dit:
+        lines.append(
+            f"cache-dit: DBCache F{cache_dit['Fn_compute_blocks']}B{cache_dit['Bn_compute_blocks']}, "
+            f"{cache_dit['adapter']}; at N: our schedule as its static steps mask; -r<x>: residual_diff_threshold x"
+        )
+    lines += [
+        f"blocks: block sub-computations (attention, MLP; {result['block_subcalls_per_pass']} per pass) that ran "
+        "/ the uncached run's",
         "",
     ]
     header = (
-        f"{'method':<24} {'N':>2} {'full':>5} {'FLOPs x':>7} {'meas FLOPs x':>12} {'speedup':>7} "
+        f"{'method':<{METHOD_WIDTH}} {'N':>2} {'full':>5} {'blocks':>6} {'FLOPs x':>7} {'meas FLOPs x':>12} "
+        f"{'speedup':>7} "
         f"{'denoise ms':>10} {'PSNR dB':>7} {'SSIM':>6} {'latent rel L2':>13}"
     )
     lines += [header, "-" * len(header)]
@@ -41,21 +55,35 @@ def format_report(result: dict) -> str:
         psnr = "inf" if row["psnr"] is None else f"{row['psnr']:.2f}"
         full = f"{row['full_passes']:.1f}" if row["full_passes"] % 1 else f"{int(row['full_passes'])}"
         lines.append(
-            f"{row['method']:<24} {row['interval'] if row['interval'] is not None else '-':>2} {full:>5} "
+            f"{row['method']:<{METHOD_WIDTH}} {row['interval'] if row['interval'] is not None else '-':>2} "
+            f"{full:>5} {fmt(row['block_compute_fraction'], '.3f'):>6} "
             f"{fmt(row['flops_ratio'], '.2f'):>7} {fmt(row['flops_ratio_measured'], '.2f'):>12} "
             f"{fmt(row['speedup'], '.2f'):>7} {row['denoise_s'] * 1000:>10.1f} {psnr:>7} "
             f"{row['ssim']:>6.4f} {row['latent_rel_l2']:>13.3e}"
         )
     lines.append("")
     lines += winners(result["rows"])
-    maps = result["calibration"]["maps"]
-    if maps:
+    calibration = result["calibration"]
+    if calibration["maps"]:
         lines.append("")
         lines.append(
-            f"hyca solver maps (calibrated on {result['calibration']['prompt']!r}, "
-            f"{result['calibration']['clusters']} clusters): "
-            + ", ".join(f"N={n}: {m['solver_map_id']}" for n, m in maps.items())
+            f"hyca solver maps (calibrated on {len(calibration['prompts'])} prompts, none evaluated; "
+            f"{calibration['clusters']} k-means clusters):"
         )
+        for name, maps in calibration["maps"].items():
+            for n, m in maps.items():
+                held_out = m["held_out_error"]
+                lines.append(
+                    f"  {name} N={n}: {m['solver_map_id']}, full steps {m['full_steps']}, {m['clustering']} clusters "
+                    f"(held-out: "
+                    + ", ".join(f"{k} {v:.4g}" for k, v in m["clustering_held_out"].items())
+                    + f"); schedule held-out uniform {held_out['uniform_schedule']:.4g}"
+                    + (
+                        f", calibrated {held_out['calibrated_schedule']:.4g}"
+                        if held_out["calibrated_schedule"] is not None
+                        else ""
+                    )
+                )
     return "\n".join(lines)
 
 
