@@ -1,8 +1,11 @@
 """Train the ``mini`` HunyuanVideo on synthetic captioned clips: two CPU cores, 43 minutes.
 
     .venv/bin/python benchmarks/train_mini.py            # writes hyca_batch/models/weights/mini
+    # the cache benchmark's second model: deeper, another seed, mini's VAE (22 minutes, one core)
+    .venv/bin/python benchmarks/train_mini.py --out benchmarks/models/mini-deep --seed 1 --double-blocks 2 \
+        --single-blocks 4 --steps 2500 --eval-every 1250 --widen-at 1000000 --vae-from hyca_batch/models/weights/mini
 
-The mini latent space is fixed (``hyca_batch.models.mini.latent_target``: 4x4-pooled RGB per video
+The mini latent space is fixed (``hyca_batch.training.mini.latent_target``: 4x4-pooled RGB per video
 frame), so the two trained components do not depend on each other and train at the same time, each in
 its own process with one torch thread (two threads per process on two shared cores made every step
 many times slower: OpenMP threads spin-waiting on a busy core). The VAE ends after ~17 minutes; from
@@ -464,6 +467,12 @@ def main() -> None:
     )
     ap.add_argument("--eval-every", type=int, default=1500, help="transformer steps between held-out evaluations")
     ap.add_argument(
+        "--vae-from",
+        type=Path,
+        default=None,
+        help="reuse this trained model directory's VAE (the latent space is fixed) and train only the transformer",
+    )
+    ap.add_argument(
         "--stage",
         choices=("all", "vae", "transformer", "assemble"),
         default="all",
@@ -484,7 +493,13 @@ def main() -> None:
     if args.stage == "transformer":
         train_transformer(args, work, scale)
         return
-    if args.stage == "all":
+    if args.stage == "all" and args.vae_from is not None:
+        # The latent space is fixed, so another model's VAE fits: only the transformer trains (one process).
+        shutil.rmtree(work / "vae", ignore_errors=True)
+        shutil.copytree(args.vae_from / "vae", work / "vae")
+        (work / "vae.json").write_text(json.dumps({"reused_from": str(args.vae_from)}) + "\n")
+        train_transformer(args, work, scale)
+    elif args.stage == "all":
         ctx = mp.get_context("spawn")
         vae_done = ctx.Event()
         procs = [

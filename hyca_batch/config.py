@@ -58,10 +58,21 @@ class CacheConfig:
         ),
     )
 
+    full_steps: int = field(
+        default=0,
+        metadata=option(
+            "hyca with --schedule calibrated: full transformer passes per video, placed by the calibration "
+            "(0: as many as --interval gives).",
+            min=0,
+        ),
+    )
+
     def __post_init__(self) -> None:
         _choice("cache", self.mode, CACHE_MODES)
         _choice("granularity", self.granularity, GRANULARITIES)
         _choice("schedule", self.schedule, SCHEDULES)
+        if self.full_steps < 0 or (self.full_steps and self.schedule != "calibrated"):
+            raise ValueError(f"--full-steps {self.full_steps}: needs --schedule calibrated and a count >= 1")
         if self.interval < 1 or self.warmup < 0:
             raise ValueError(f"--interval must be >= 1 and --warmup >= 0, got {self.interval} and {self.warmup}")
         if self.taylorseer_order not in (1, 2):

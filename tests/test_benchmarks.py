@@ -23,6 +23,7 @@ HYCA = ("hyca-v1", "hyca-uniform-fixed", "hyca-uniform-learned", "hyca-calibrate
 OUR_METHODS = ("fora", "taylorseer-o1", "taylorseer-o2", "foca", *HYCA)
 DIFFUSERS_TAYLORSEER = ("diffusers-taylorseer-o1", "diffusers-taylorseer-o2")
 FBC = ("diffusers-fbc-0.05", "diffusers-fbc-0.1", "diffusers-fbc-0.2")
+BUDGETS = ("hyca-k8", "hyca-k9")  # the default fractions 0.625 and 0.75 of 12 steps computed fully
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,8 @@ def test_cache_quality_quick(quick):
 
     rows = {(r["method"], r["interval"]): r for r in result["rows"]}
     assert len(rows) == len(result["rows"]), "one row per (method, N)"
-    expected = {(m, n) for n in QUICK_INTERVALS for m in OUR_METHODS + DIFFUSERS_TAYLORSEER} | {(m, None) for m in FBC}
+    expected = {(m, n) for n in QUICK_INTERVALS for m in OUR_METHODS + DIFFUSERS_TAYLORSEER}
+    expected |= {(m, None) for m in FBC + BUDGETS}
     assert set(rows) == expected
 
     for row in result["rows"]:
@@ -109,6 +111,11 @@ def test_cache_quality_quick(quick):
     for m in OUR_METHODS:
         assert rows[(m, 6)]["psnr"] < rows[(m, 3)]["psnr"], m
 
+    for m, budget in zip(BUDGETS, (8, 9)):  # hyca at a budget of full steps, placed by its calibration
+        row = rows[(m, None)]
+        assert row["full_passes"] == budget == len(maps[m][f"K={budget}"]["full_steps"])
+        assert row["block_compute_fraction"] == pytest.approx(budget / QUICK_STEPS, rel=1e-5)
+        assert row["latent_rel_l2"] < rows[("hyca", 3)]["latent_rel_l2"]  # more full steps, closer to uncached
     for m in FBC:
         row = rows[(m, None)]
         assert row["flops_ratio"] is None and 1 <= row["full_passes"] <= QUICK_STEPS

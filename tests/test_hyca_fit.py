@@ -64,6 +64,9 @@ def test_the_choice_keeps_the_exact_solver_and_learns_where_no_fixed_one_fits():
     assert all(CANDIDATES[i].startswith("learned") for i in limited.candidate[0].tolist())
     reuse = choose(grams, nodes, targets, learned=False, allowed=("reuse",))
     assert bool((limited.held_out < 0.5 * reuse.held_out).all())
+    # With four full steps of history a learned forecast still reads three (no extra cache memory).
+    four = choose(grams, torch.tensor([[9, 6, 3, 0]]), torch.tensor([11]), learned=True, allowed=("reuse",))
+    assert CANDIDATES[int(four.candidate[0, 0])].startswith("learned") and float(four.coefficients[0, 0, 3]) == 0.0
 
 
 def distance_cost(steps: int, max_gap: int, weight=lambda t: 1.0) -> torch.Tensor:
@@ -127,6 +130,13 @@ def test_the_calibrated_schedule_forecasts_no_worse_than_uniform_and_is_determin
     assert bool((first.step_choice[:, torch.tensor(first.full_steps())] == -1).all())
     uniform = calibrate(recording, **{**args, "schedule": "uniform"}, clustering="auto")
     assert uniform.full_steps() == schedule_full_steps(T, 4) and uniform.metadata["schedule"] == "uniform"
+    # A budget of full steps other than the interval's: the calibrated schedule has exactly that many.
+    budget = calibrate(recording, **args, full_steps=7)
+    assert sum(budget.full_steps()) == 7 == budget.metadata["full_steps_budget"] and budget.full_steps()[0]
+    with pytest.raises(ValueError, match="budget"):
+        calibrate(recording, **{**args, "schedule": "uniform"}, full_steps=7)
+    with pytest.raises(ValueError, match="--full-steps"):
+        CacheConfig(mode="hyca", schedule="uniform", full_steps=7)
 
 
 def test_a_map_with_per_step_forecasts_round_trips(tmp_path):

@@ -110,6 +110,16 @@ def test_hyca_job_calibrates_once_records_the_cache_and_baselines(ray_session, w
         assert (rec["transformer_passes_full"], rec["transformer_passes_skipped"]) == (3, 6)
         assert rec["solver_map_id"] == run["solver_map"]["id"]
         assert rec["speedup_estimate"] > 1.0  # six of nine passes forecast
+        # The map was fitted for these nine steps: its schedule (calibrated by default) and per-step forecasts ran.
+        assert (rec["cache_schedule"], rec["cache_forecasts"]) == (run["solver_map"]["schedule"], "per-step learned")
+    smap_json = json.loads((out / "solver_map.json").read_text())
+    assert smap_json["metadata"]["folds"] == 3 and smap_json["metadata"]["prompts"] == [
+        "a red circle moving left",
+        "a green square moving up",
+        "a blue circle",
+    ]  # calibrated on the first three pending prompts
+    assert len(smap_json["full_steps"]) == 3 and smap_json["metadata"]["forecasts"] == "learned"
+    assert (summary.baselines, summary.mean_psnr > 0, summary.mean_measured_speedup > 0) == (2, True, True)
     with_baseline = [r["source_row"] for r in records if r["psnr"] is not None]
     assert with_baseline == [0, 2]  # every 2nd video by manifest position
     for rec in (records[0], records[2]):

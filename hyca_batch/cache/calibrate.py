@@ -200,6 +200,7 @@ def calibrate(
     forecasts: str = "fixed",
     schedule: str = "uniform",
     clustering: str = "descriptors",
+    full_steps: int = 0,
 ) -> SolverMap:
     """Cluster all (module, channel) pairs and choose, per cluster and skipped step, the forecast with the lowest
     held-out error; with ``schedule="calibrated"`` also where the full steps go.
@@ -208,9 +209,11 @@ def calibrate(
     error (``cache.fit``). ``forecasts="learned"`` lets a ridge fit over the history compete with the fixed
     solvers. ``clustering`` is ``descriptors`` (k-means on dynamics descriptors), ``errors`` (k-means on the
     channels' forecast-error profiles), ``modules`` (one cluster per module) or ``auto`` (the one of those with
-    the lowest held-out error). The per-cluster solver over the uniform schedule (``cluster_solver``) is kept too:
-    it is what a video of another step count or schedule falls back to. Errors are divided by each module's
-    mean squared feature so large-magnitude modules don't dominate.
+    the lowest held-out error). ``full_steps`` sets the calibrated schedule's budget of full passes (0: as many
+    as the uniform schedule at ``interval`` has; then it is kept only where it beats uniform). The per-cluster
+    solver over the uniform schedule (``cluster_solver``) is kept too: it is what a video of another step count
+    or schedule falls back to. Errors are divided by each module's mean squared feature so large-magnitude
+    modules don't dominate.
     """
     if not trajectories:
         raise ValueError("calibration needs at least one recorded module")
@@ -227,6 +230,9 @@ def calibrate(
     if any(k not in CLUSTERINGS for k in kinds):
         raise ValueError(f"unknown clustering {clustering!r}; choose from auto, {', '.join(CLUSTERINGS)}")
     full = schedule_full_steps(num_steps, interval, warmup)
+    budget = full_steps or sum(full)
+    if not 1 <= budget <= num_steps or (full_steps and schedule != "calibrated"):
+        raise ValueError(f"a budget of {budget} full steps needs the calibrated schedule and 1..{num_steps} steps")
     history = max_points(candidates)
 
     modules = sorted(trajectories)  # order-independent: the same recording gives the same map
@@ -255,13 +261,16 @@ def calibrate(
     final = uniform_fit
     calibrated_error = None
     if schedule == "calibrated":
-        max_gap = min(num_steps, max(2 * interval, interval + 2))
+        gap = -(-num_steps // budget)  # the mean gap, rounded up: the search allows twice it
+        max_gap = min(num_steps, max(2 * gap, gap + 2))
         cost = skip_cost_table(grams, max_gap, step_weights, learned=learned, allowed=candidates)
-        proposal = optimize_schedule(cost, sum(full), full)
+        same_budget = budget == sum(full)
+        proposal = optimize_schedule(cost, budget, full if same_budget else None)
         if proposal != full:
             calibrated = fit_schedule(grams, proposal, step_weights, learned=learned, allowed=candidates)
             calibrated_error = calibrated.error
-            if calibrated.error < uniform_fit.error:
+            # At the uniform schedule's budget, uniform stands unless the calibrated one is better held out.
+            if calibrated.error < uniform_fit.error or not same_budget:
                 final = calibrated
 
     error = torch.cat(errors, dim=1)  # (S, M)
@@ -308,6 +317,7 @@ def calibrate(
         "forecasts": forecasts,
         "schedule": "calibrated" if final is not uniform_fit else "uniform",
         "schedule_asked": schedule,
+        "full_steps_budget": budget,
         "full_steps": [t for t, f in enumerate(final.schedule) if f],
         "clustering": chosen,
         "clustering_held_out": {k: scored[k][3].error for k in kinds},

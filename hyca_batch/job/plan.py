@@ -100,7 +100,8 @@ def generation_identity(config: JobConfig, defaults: dict[str, Any], model_name:
     """What must match for two runs to write into the same output: same inputs give the same videos."""
     cache = dataclasses.asdict(config.cache)
     if config.cache.mode != "hyca":
-        del cache["schedule"]  # only hyca has a calibrated schedule; other modes' outputs stay as they were
+        # Only hyca has a calibrated schedule: other modes' outputs stay as they were.
+        del cache["schedule"], cache["full_steps"]
     if config.cache.mode == "hyca":
         # A map given by path is pinned by its content; a calibrated one is stored with the outputs and reused.
         cache["solver_map"] = SolverMap.load(config.solver_map).id if config.solver_map else "calibrated"

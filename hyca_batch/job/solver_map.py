@@ -59,6 +59,14 @@ def job_solver_map(config: JobConfig, spec: ModelSpec, storage: Storage, pending
             smap.metadata.get("schedule_asked", "uniform"),
             config.cache.schedule,
         )
+    budget = smap.metadata.get("full_steps_budget")
+    if config.cache.full_steps and budget is not None and budget != config.cache.full_steps:
+        log.warning(
+            "solver map %s places %s full steps; this run asks for %d: the map's schedule is what runs",
+            smap.id,
+            budget,
+            config.cache.full_steps,
+        )
     if smap.metadata.get("interval") != config.cache.interval:
         log.warning(
             "solver map %s was calibrated for interval %s; this run uses %d, where its choices may not be best",

@@ -103,6 +103,7 @@ def calibrate_recording(
         forecasts=config.forecasts,
         schedule=cache.schedule,
         clustering=config.clustering,
+        full_steps=cache.full_steps,
     )
 
 

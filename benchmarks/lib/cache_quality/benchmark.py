@@ -19,6 +19,7 @@ from benchmarks.lib.cache_quality.methods import (
     DIFFUSERS_TAYLORSEER_WARMUP,
     HYCA_VARIANTS,
     Method,
+    budget_name,
     build_methods,
     diffusers_taylorseer_expected_refreshes,
     row_order,
@@ -85,12 +86,18 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     # cache-dit is optional (the `bench` extra): imported before the references, so that whatever its import
     # registers is in place for every run, and skipped with a warning when it is not installed.
     cache_dit_calibrators = list(args.cache_dit_calibrators) if args.cache_dit else []
+    hyca_budgets = sorted({max(1, min(steps, round(f * steps))) for f in args.hyca_fractions})
     cache_dit_version = peers.cache_dit_version() if cache_dit_calibrators else None
     if cache_dit_calibrators and cache_dit_version is None:
         log("WARNING: cache-dit is not installed (pip install -e '.[bench]'): skipping its methods")
         cache_dit_calibrators = []
     methods = build_methods(
-        args.intervals, args.fbc_thresholds, not args.no_diffusers, cache_dit_calibrators, args.cache_dit_thresholds
+        args.intervals,
+        args.fbc_thresholds,
+        not args.no_diffusers,
+        cache_dit_calibrators,
+        args.cache_dit_thresholds,
+        hyca_budgets,
     )
     log(
         f"model {spec.name} on {device}: {steps} steps, {size.width}x{size.height}x{size.num_frames}, "
@@ -104,46 +111,53 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     log(f"recorded the hyca probe of {len(calibration_requests)} calibration prompt(s) ({record_s:.1f} s)")
     solver_maps = {}
     calibration_info: dict[str, dict[str, Any]] = {}
-    for name, parts in HYCA_VARIANTS.items():
-        for n in args.intervals:
-            t0 = time.perf_counter()
-            solver_map = calibrate_recording(
-                model,
-                calibration_requests,
-                recording,
-                CacheConfig(mode="hyca", interval=n, schedule=parts["schedule"]),
-                CalibrationConfig(clusters=args.clusters, forecasts=parts["forecasts"], clustering=parts["clustering"]),
+    # Every variant at every N, and the default hyca at every budget of full steps (keyed K=<budget>).
+    plans = [(name, parts, n, 0) for name, parts in HYCA_VARIANTS.items() for n in args.intervals]
+    plans += [(budget_name(k), HYCA_VARIANTS["hyca"], None, k) for k in hyca_budgets]
+    for name, parts, n, budget in plans:
+        t0 = time.perf_counter()
+        cache = CacheConfig(
+            mode="hyca", interval=n or max(1, steps // budget), schedule=parts["schedule"], full_steps=budget
+        )
+        solver_map = calibrate_recording(
+            model,
+            calibration_requests,
+            recording,
+            cache,
+            CalibrationConfig(clusters=args.clusters, forecasts=parts["forecasts"], clustering=parts["clustering"]),
+        )
+        if not parts.get("per_step", True):  # only the per-cluster solvers: how hyca ran before per-step forecasts
+            solver_map = SolverMap(
+                solver_map.solvers,
+                solver_map.cluster_solver,
+                solver_map.channel_cluster,
+                solver_map.cluster_error,
+                solver_map.metadata,
             )
-            if not parts.get("per_step", True):  # only the per-cluster solvers: how hyca ran before per-step forecasts
-                solver_map = SolverMap(
-                    solver_map.solvers,
-                    solver_map.cluster_solver,
-                    solver_map.channel_cluster,
-                    solver_map.cluster_error,
-                    solver_map.metadata,
-                )
-            solver_maps[(name, n)] = solver_map
-            md = solver_map.metadata
-            calibration_info.setdefault(name, {})[str(n)] = {
-                "solver_map_id": solver_map.id,
-                "clusters": int(solver_map.cluster_solver.numel()),
-                "cluster_solvers": [solver_map.solvers[int(i)] for i in solver_map.cluster_solver.tolist()],
-                "per_step": solver_map.schedule is not None,
-                **{
-                    key: md[key]
-                    for key in ("clustering", "clustering_held_out", "held_out_error", "step_forecasts", "full_steps")
-                },
-                "seconds": round(time.perf_counter() - t0, 3),
-            }
-            log(f"calibrated {name} N={n}: solver map {solver_map.id}, full steps {md['full_steps']}")
+        solver_maps[(name, n)] = solver_map
+        md = solver_map.metadata
+        calibration_info.setdefault(name, {})[str(n) if n else f"K={budget}"] = {
+            "solver_map_id": solver_map.id,
+            "clusters": int(solver_map.cluster_solver.numel()),
+            "cluster_solvers": [solver_map.solvers[int(i)] for i in solver_map.cluster_solver.tolist()],
+            "per_step": solver_map.schedule is not None,
+            **{
+                key: md[key]
+                for key in ("clustering", "clustering_held_out", "held_out_error", "step_forecasts", "full_steps")
+            },
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        log(f"calibrated {name} N={n or '-'}: solver map {solver_map.id}, full steps {md['full_steps']}")
 
     def activator(method: Method) -> Callable[[], None]:
         if method.family == "hyca_batch":
+            budget = method.params.get("full_steps", 0)
             config = CacheConfig(
                 mode=method.params["mode"],
-                interval=method.interval,
+                interval=method.interval or max(1, steps // budget),
                 taylorseer_order=method.params.get("taylorseer_order", 2),
                 schedule=method.params.get("schedule", "uniform"),
+                full_steps=budget,
             )
             solver_map = solver_maps[(method.name, method.interval)] if config.mode == "hyca" else None
 

@@ -27,6 +27,7 @@ CALIBRATION_PROMPTS = (
 )
 QUICK_STEPS = 12
 DEFAULT_FBC_THRESHOLDS = (0.05, 0.1, 0.2)
+DEFAULT_HYCA_FRACTIONS = (0.625, 0.75)
 
 
 def _int_list(text: str) -> list[int]:
@@ -126,6 +127,13 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
         type=_float_list,
         default=list(DEFAULT_CACHE_DIT_THRESHOLDS),
         help="cache-dit dynamic residual_diff_threshold values, comma list; empty to skip (default 0.08,0.2)",
+    )
+    parser.add_argument(
+        "--hyca-fractions",
+        type=_float_list,
+        default=list(DEFAULT_HYCA_FRACTIONS),
+        help="hyca also at these fractions of the steps computed fully (--full-steps), to meet the dynamic caches "
+        "where they compute most; comma list, empty to skip (default 0.625,0.75)",
     )
     parser.add_argument(
         "--json", type=Path, default=ROOT / "benchmarks" / "results" / "cache_quality.json", help="output JSON path"

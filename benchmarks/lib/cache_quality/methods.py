@@ -40,9 +40,14 @@ def build_methods(
     with_diffusers: bool,
     cache_dit_calibrators: Sequence[str] = (),
     cache_dit_thresholds: Sequence[float] = (),
+    hyca_budgets: Sequence[int] = (),
 ) -> list[Method]:
-    """Every (method, N); cache-dit's only for the calibrators given (none: no cache-dit methods)."""
-    methods: list[Method] = []
+    """Every (method, N); cache-dit's only for the calibrators given (none: no cache-dit methods); hyca at each
+    budget of full steps (``hyca-k<K>``: the default hyca with ``--full-steps K``, no N)."""
+    methods: list[Method] = [
+        Method(budget_name(k), "hyca_batch", None, {"mode": "hyca", **HYCA_VARIANTS["hyca"], "full_steps": k})
+        for k in hyca_budgets
+    ]
     for n in intervals:
         methods += [
             Method("fora", "hyca_batch", n, {"mode": "fora"}),
@@ -98,6 +103,10 @@ def _threshold(name: str) -> float:
         return float(name.rsplit("-", 1)[1].lstrip("r"))
     except ValueError:
         return 0.0
+
+
+def budget_name(full_steps: int) -> str:
+    return f"hyca-k{full_steps}"
 
 
 def method_order(name: str) -> tuple[int, float, str]:

@@ -47,6 +47,8 @@ def _cache_dit_base(name: str) -> str | None:
 def series_of(row: dict, hyca_names: list[str]) -> Series:
     """The line a row belongs to, and how it is drawn."""
     name = row["method"]
+    if name.startswith("hyca-k"):  # the default hyca at a budget of full steps: a point of hyca's own line
+        name = "hyca"
     if name.startswith("hyca"):
         i = hyca_names.index(name) if name in hyca_names else 0
         return Series(name, HYCA_COLOURS[i % len(HYCA_COLOURS)], HYCA_MARKERS[i % len(HYCA_MARKERS)])
@@ -70,6 +72,8 @@ def series_of(row: dict, hyca_names: list[str]) -> Series:
 def _point_label(row: dict) -> str:
     if row["interval"] is not None:
         return str(row["interval"])
+    if row["params"].get("full_steps"):
+        return f"K={row['params']['full_steps']}"
     threshold = row["params"].get("threshold", row["params"].get("residual_diff_threshold"))
     return f"{threshold:g}" if threshold is not None else ""
 
@@ -80,7 +84,10 @@ def write_plot(result: dict, path: Path) -> Path:
     from matplotlib.lines import Line2D
 
     rows = [r for r in result["rows"] if r.get("block_compute_fraction") is not None]
-    hyca_names = sorted({r["method"] for r in rows if r["method"].startswith("hyca")}, key=lambda n: (n != "hyca", n))
+    hyca_names = sorted(
+        {r["method"] for r in rows if r["method"].startswith("hyca") and not r["method"].startswith("hyca-k")},
+        key=lambda n: (n != "hyca", n),
+    )
     groups: dict[Series, list[dict]] = {}
     for row in rows:
         groups.setdefault(series_of(row, hyca_names), []).append(row)

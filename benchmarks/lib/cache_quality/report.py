@@ -74,7 +74,8 @@ def format_report(result: dict) -> str:
             for n, m in maps.items():
                 held_out = m["held_out_error"]
                 lines.append(
-                    f"  {name} N={n}: {m['solver_map_id']}, full steps {m['full_steps']}, {m['clustering']} clusters "
+                    f"  {name} {n if n.startswith('K=') else 'N=' + n}: {m['solver_map_id']}, "
+                    f"full steps {m['full_steps']}, {m['clustering']} clusters "
                     f"(held-out: "
                     + ", ".join(f"{k} {v:.4g}" for k, v in m["clustering_held_out"].items())
                     + f"); schedule held-out uniform {held_out['uniform_schedule']:.4g}"
