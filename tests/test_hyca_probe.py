@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from hyca_batch.cache import SolverMap
+from hyca_batch.cache import SolverMap, TrajectoryProbe
 from hyca_batch.cache.calibrate import forecast_errors
 from hyca_batch.cache.schedule import schedule_full_steps
 from hyca_batch.cache.solvers import SOLVERS
@@ -136,3 +136,20 @@ def test_a_map_for_another_granularity_is_refused_before_any_video(ray_session, 
     )
     with pytest.raises(JobError, match="no entry for module 'stack.img'"):
         run_job(config)
+
+
+def test_a_shorter_prompt_is_sampled_within_its_own_tokens():
+    """Calibration on several prompts: a later prompt with fewer usable text positions (padding, or dropped by
+    sequence parallelism) is sampled inside them, at the same count so the prompts stack as folds."""
+
+    def positions(n: int) -> torch.Tensor:  # a feature whose value says its position
+        return torch.arange(n, dtype=torch.float32).reshape(1, n, 1).expand(1, n, 3)
+
+    probe = TrajectoryProbe(tokens=8)
+    probe.record("cond", "double.0.ctx_attn", positions(10))  # 10 usable: 8 sampled
+    probe.record("cond", "double.0.ctx_attn", positions(10), padding=6)  # 4 usable, the rest padding
+    probe.record("cond", "double.0.ctx_attn", positions(5))  # 5 positions in all (padding dropped)
+    first, padded, short = probe.recording["cond"]["double.0.ctx_attn"]
+    assert first.shape == padded.shape == short.shape == (8, 3)
+    assert int(padded.max()) < 4 and int(short.max()) < 5
+    assert set(padded[:, 0].tolist()) == {0.0, 1.0, 2.0, 3.0}  # all of them, some twice

@@ -37,10 +37,14 @@ class TrajectoryProbe:
             value = torch.cat([self.gather_video(value[:, :video]), value[:, video:]], dim=1)
         usable = value.shape[1] - padding
         index = self.index.get(name)
-        if index is None:
+        if index is None or int(index.max()) >= usable:
+            # The first video fixes the sample (and its size, so that videos stack as folds); a later video with
+            # fewer usable positions (a shorter prompt's text) gets as many of its own, repeated if it has fewer.
             gen = torch.Generator().manual_seed(self.seed)
-            index = torch.randperm(usable, generator=gen)[: self.tokens].sort().values
-            self.index[name] = index
+            count = min(self.tokens, usable) if index is None else index.numel()
+            order = torch.randperm(usable, generator=gen)
+            index = order.repeat(-(-count // usable))[:count].sort().values
+            self.index.setdefault(name, index)
         per_context = self.recording.setdefault(context, {})
         per_context.setdefault(name, []).append(value[0, index.to(value.device)].float().cpu())
 

@@ -140,6 +140,7 @@ def measure(
     row["schedule_full_passes"], row["schedule_skipped_passes"] = sum(full), len(full) - sum(full)
 
     cache = apply_feature_cache(transformer, config, solver_map if mode == "hyca" else None)
+    cache.reset(args.steps)  # a map fitted for this step count keeps its per-step forecasts' history
     modules = cached_modules(transformer, granularity)
     history = max((cache.history_points(n) for n in modules), default=0) if mode != "none" else 0
     element = torch.finfo(transformer.dtype).bits // 8
