@@ -116,8 +116,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     plans += [(budget_name(k), HYCA_VARIANTS["hyca"], None, k) for k in hyca_budgets]
     for name, parts, n, budget in plans:
         t0 = time.perf_counter()
+        # At a budget, the interval whose uniform schedule comes nearest: the clusterings are compared on it.
         cache = CacheConfig(
-            mode="hyca", interval=n or max(1, steps // budget), schedule=parts["schedule"], full_steps=budget
+            mode="hyca", interval=n or -(-steps // budget), schedule=parts["schedule"], full_steps=budget
         )
         solver_map = calibrate_recording(
             model,
@@ -154,7 +155,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             budget = method.params.get("full_steps", 0)
             config = CacheConfig(
                 mode=method.params["mode"],
-                interval=method.interval or max(1, steps // budget),
+                interval=method.interval or -(-steps // budget),
                 taylorseer_order=method.params.get("taylorseer_order", 2),
                 schedule=method.params.get("schedule", "uniform"),
                 full_steps=budget,
