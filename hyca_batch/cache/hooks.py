@@ -126,9 +126,7 @@ class FeatureCache:
     def history_points(self, name: str) -> int:
         """Slots a module keeps: as many as its most demanding forecast reads, no more (memory)."""
         if name not in self._points:
-            smap = self.solver_map
-            points = smap.history_points(name) if self.per_step else max_points(smap.solver_names_used(name))
-            self._points[name] = points
+            self._points[name] = self.solver_map.history_points(name, per_step=self.per_step)
         return self._points[name]
 
     def step_coefficients(self, times: list[int], step: int) -> torch.Tensor:

@@ -115,9 +115,10 @@ class SolverMap:
             raise ValueError(f"solver map {self.id} has no per-step forecasts")
         return self.schedule.tolist()
 
-    def history_points(self, module: str) -> int:
-        """History slots ``module`` must keep: the most any of its forecasts reads (at least 1)."""
-        if self.step_coefficients is None:
+    def history_points(self, module: str, per_step: bool = True) -> int:
+        """History slots ``module`` must keep: the most any of its forecasts reads (at least 1); with ``per_step``
+        False (or no per-step forecasts), those of its clusters' solvers."""
+        if self.step_coefficients is None or not per_step:
             return max_points(self.solver_names_used(module))
         clusters = self.channel_cluster[module].unique()
         used = (self.step_coefficients[clusters] != 0).any(0).any(0)  # (H,)

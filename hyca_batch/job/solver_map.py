@@ -85,7 +85,7 @@ def job_solver_map(config: JobConfig, spec: ModelSpec, storage: Storage, pending
 def calibration_requests(pending: pa.Table, count: int) -> list[Request]:
     """The first ``count`` pending requests that share the first one's step count (a map is fitted for one)."""
     requests: list[Request] = []
-    for request in Request.from_table(pending.slice(0, max(count * 8, count))):
+    for request in Request.from_table(pending.slice(0, count * 8)):
         if not requests or request.num_inference_steps == requests[0].num_inference_steps:
             requests.append(request)
         if len(requests) == count:

@@ -5,6 +5,7 @@ the prompts) per method, with the share of block sub-computations (attention, ML
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import math
 import platform
@@ -56,7 +57,6 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     from diffusers import FirstBlockCacheConfig, TaylorSeerCacheConfig
     from tqdm import tqdm
 
-    from hyca_batch.cache import SolverMap
     from hyca_batch.config import CacheConfig, CalibrationConfig
     from hyca_batch.models import load_model, resolve_model
     from hyca_batch.pipeline.calibration import calibrate_recording, record_trajectories
@@ -87,6 +87,11 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     # registers is in place for every run, and skipped with a warning when it is not installed.
     cache_dit_calibrators = list(args.cache_dit_calibrators) if args.cache_dit else []
     hyca_budgets = sorted({max(1, min(steps, round(f * steps))) for f in args.hyca_fractions})
+
+    def budget_interval(budget: int) -> int:
+        """At a budget of full steps, the interval whose uniform schedule comes nearest (clusterings compare on it)."""
+        return -(-steps // budget)
+
     cache_dit_version = peers.cache_dit_version() if cache_dit_calibrators else None
     if cache_dit_calibrators and cache_dit_version is None:
         log("WARNING: cache-dit is not installed (pip install -e '.[bench]'): skipping its methods")
@@ -116,9 +121,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     plans += [(budget_name(k), HYCA_VARIANTS["hyca"], None, k) for k in hyca_budgets]
     for name, parts, n, budget in plans:
         t0 = time.perf_counter()
-        # At a budget, the interval whose uniform schedule comes nearest: the clusterings are compared on it.
         cache = CacheConfig(
-            mode="hyca", interval=n or -(-steps // budget), schedule=parts["schedule"], full_steps=budget
+            mode="hyca", interval=n or budget_interval(budget), schedule=parts["schedule"], full_steps=budget
         )
         solver_map = calibrate_recording(
             model,
@@ -128,13 +132,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             CalibrationConfig(clusters=args.clusters, forecasts=parts["forecasts"], clustering=parts["clustering"]),
         )
         if not parts.get("per_step", True):  # only the per-cluster solvers: how hyca ran before per-step forecasts
-            solver_map = SolverMap(
-                solver_map.solvers,
-                solver_map.cluster_solver,
-                solver_map.channel_cluster,
-                solver_map.cluster_error,
-                solver_map.metadata,
-            )
+            solver_map = dataclasses.replace(solver_map, schedule=None, step_coefficients=None, step_choice=None)
         solver_maps[(name, n)] = solver_map
         md = solver_map.metadata
         calibration_info.setdefault(name, {})[str(n) if n else f"K={budget}"] = {
@@ -155,7 +153,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             budget = method.params.get("full_steps", 0)
             config = CacheConfig(
                 mode=method.params["mode"],
-                interval=method.interval or -(-steps // budget),
+                interval=method.interval or budget_interval(budget),
                 taylorseer_order=method.params.get("taylorseer_order", 2),
                 schedule=method.params.get("schedule", "uniform"),
                 full_steps=budget,
