@@ -228,7 +228,11 @@ class JobConfig:
         metadata=option("Output directory or s3://bucket/prefix (videos/, records/, errors/, run.json, progress.json).")
     )
     model: str = field(
-        default="tiny", metadata=option("Preset (tiny, mini, hunyuanvideo), hub id, or local diffusers directory.")
+        default="tiny",
+        metadata=option(
+            "Preset (tiny, mini, hunyuanvideo, tiny15, hunyuanvideo15-480p, hunyuanvideo15-720p, and -i2v of both), "
+            "hub id, or local diffusers directory."
+        ),
     )
     s3_endpoint_url: str | None = field(
         default=None,

@@ -1,4 +1,7 @@
-"""Feature caching hooks for diffusers' HunyuanVideoTransformer3DModel, in the style of ``diffusers.hooks``.
+"""Feature caching hooks for diffusers' video transformers, in the style of ``diffusers.hooks``.
+
+Which blocks a transformer has, which of their outputs are cached and how a skipped block applies its forecasts
+is its family's adapter's to say (``models.adapters``); the hooks here are the same for every family.
 
 One mechanism serves every cache mode: at a full step each cached module's residual-branch output (before
 its gate) is computed and pushed into a short history; at a skipped step it is forecast as a per-channel
@@ -14,10 +17,8 @@ each call, and ``FeatureCache.reset`` clears it (and the statistics) before each
 
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
@@ -28,6 +29,7 @@ from hyca_batch.cache.schedule import is_full_step, schedule_full_steps
 from hyca_batch.cache.solver_map import SolverMap
 from hyca_batch.cache.solvers import SOLVERS, coefficient_table, max_points
 from hyca_batch.config import CacheConfig
+from hyca_batch.models.adapters import TEXT, VIDEO, Arguments, BlockKind, family_of
 
 #: The uniform baselines: every channel of every module runs the same solver (taylorseer: its order's).
 UNIFORM_SOLVERS = {"fora": "reuse", "foca": "pc", "taylorseer": "taylor{order}"}
@@ -99,6 +101,7 @@ class FeatureCache:
         probe: TrajectoryProbe | None = None,
     ):
         self.transformer = transformer
+        self.family = family_of(transformer)
         self.config = config
         self.solver_map = solver_map
         self.probe = probe  # calibration: every step full, every stored feature recorded
@@ -221,24 +224,6 @@ def _text_padding(state: _CacheState, text: torch.Tensor) -> int:
     return 0 if state.text_tokens is None else max(0, text.shape[1] - state.text_tokens)
 
 
-class _Arguments:
-    """A forward's arguments read by name, however they were passed (as diffusers' own cache hooks read them).
-
-    The positions come from the module class's signature once, so a call costs a dict lookup.
-    """
-
-    def __init__(self, module: torch.nn.Module):
-        parameters = list(inspect.signature(type(module).forward).parameters.values())[1:]  # without self
-        self.position = {p.name: i for i, p in enumerate(parameters)}
-        self.default = {p.name: None if p.default is inspect.Parameter.empty else p.default for p in parameters}
-
-    def __call__(self, args: tuple, kwargs: dict[str, Any], name: str) -> Any:
-        if name in kwargs:
-            return kwargs[name]
-        position = self.position[name]
-        return args[position] if position < len(args) else self.default[name]
-
-
 class _CacheHook(ModelHook):
     """What every hook of the cache has: the cache, its per-context state, and its module's arguments by name."""
 
@@ -247,10 +232,10 @@ class _CacheHook(ModelHook):
     def __init__(self, cache: FeatureCache):
         super().__init__()
         self.cache, self.state = cache, cache.states
-        self.arg: _Arguments | None = None
+        self.arg: Arguments | None = None
 
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.arg = _Arguments(module)
+        self.arg = Arguments(module)
         return module
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -267,8 +252,7 @@ class _StepHook(_CacheHook):
         state.full = self.cache.is_full(state.step) or not state.times
         if not state.full:
             state.coefficients = self.cache.step_coefficients(state.times, state.step)
-        mask = self.arg(args, kwargs, "encoder_attention_mask")
-        state.text_tokens = int(mask[0].sum()) if isinstance(mask, torch.Tensor) else None
+        state.text_tokens = self.cache.family.valid_text_tokens(lambda name: self.arg(args, kwargs, name))
         hidden = self.arg(args, kwargs, "hidden_states")
         _sync(hidden)
         t0 = time.perf_counter()
@@ -307,69 +291,39 @@ class _BlockHook(_CacheHook):
         self.capture = _Capture()
 
 
-class _DoubleBlockHook(_BlockHook):
-    """Double-stream block: caches image/text attention and MLP outputs, before their gates."""
+class _CachedBlockHook(_BlockHook):
+    """One block, of a kind its family's adapter describes: a full step runs it and stores the residual-branch
+    outputs the kind names (before their gates); a skipped step recomputes only the gates and applies forecasts."""
+
+    def __init__(self, cache: FeatureCache, kind: BlockKind, name: str):
+        super().__init__(cache, name)
+        self.kind = kind
 
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
         super().initialize_hook(module)
-        self.cache._capture_handles += [
-            module.attn.register_forward_hook(self.capture.hook("attn")),
-            module.ff.register_forward_hook(self.capture.hook("ff")),
-            module.ff_context.register_forward_hook(self.capture.hook("ctx_ff")),
-        ]
+        for key, submodule in self.kind.captured(module).items():
+            self.cache._capture_handles.append(submodule.register_forward_hook(self.capture.hook(key)))
         return module
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         state: _CacheState = self.state.get_state()
+        hidden, context = self.arg(args, kwargs, "hidden_states"), self.arg(args, kwargs, "encoder_hidden_states")
         if state.full:
             output = self.fn_ref.original_forward(*args, **kwargs)
-            attn, ctx_attn = self.capture.values.pop("attn")
-            padding = _text_padding(state, ctx_attn)
-            self.cache.store(state, f"{self.name}.attn", attn, video=attn.shape[1])
-            self.cache.store(state, f"{self.name}.ctx_attn", ctx_attn, padding=padding)
-            ff = self.capture.values.pop("ff")
-            self.cache.store(state, f"{self.name}.ff", ff, video=ff.shape[1])
-            self.cache.store(state, f"{self.name}.ctx_ff", self.capture.values.pop("ctx_ff"), padding=padding)
+            values, self.capture.values = self.capture.values, {}
+            # Text tokens come after the video's in a joint sequence, with their valid tokens first.
+            padding = _text_padding(state, context)
+            for key, value, where in self.kind.split(values):
+                video = 0 if where == TEXT else hidden.shape[1]
+                text_padding = 0 if where == VIDEO else padding
+                self.cache.store(state, f"{self.name}.{key}", value, video=video, padding=text_padding)
             return output
-        hidden, context = self.arg(args, kwargs, "hidden_states"), self.arg(args, kwargs, "encoder_hidden_states")
         temb = self.arg(args, kwargs, "temb")
-        # Skipped: only the modulation gates are computed (a linear layer on the timestep embedding).
-        _, _, gate_msa, _, _, gate_mlp = module.norm1.linear(module.norm1.silu(temb)).chunk(6, dim=1)
-        _, _, c_gate_msa, _, _, c_gate_mlp = module.norm1_context.linear(module.norm1_context.silu(temb)).chunk(
-            6, dim=1
-        )
 
-        def f(key: str) -> torch.Tensor:
+        def forecast(key: str) -> torch.Tensor:
             return self.cache.forecast(state, f"{self.name}.{key}")
 
-        hidden = hidden + f("attn") * gate_msa.unsqueeze(1) + gate_mlp.unsqueeze(1) * f("ff")
-        context = context + f("ctx_attn") * c_gate_msa.unsqueeze(1) + c_gate_mlp.unsqueeze(1) * f("ctx_ff")
-        return hidden, context
-
-
-class _SingleBlockHook(_BlockHook):
-    """Single-stream block: caches the linear2 (proj_out) output, before its gate."""
-
-    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
-        super().initialize_hook(module)
-        self.cache._capture_handles.append(module.proj_out.register_forward_hook(self.capture.hook("proj_out")))
-        return module
-
-    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
-        state: _CacheState = self.state.get_state()
-        hidden, context = self.arg(args, kwargs, "hidden_states"), self.arg(args, kwargs, "encoder_hidden_states")
-        name = f"{self.name}.proj_out"
-        if state.full:
-            output = self.fn_ref.original_forward(*args, **kwargs)
-            # The joint sequence is image tokens, then text with its valid tokens first.
-            value = self.capture.values.pop("proj_out")
-            self.cache.store(state, name, value, video=hidden.shape[1], padding=_text_padding(state, context))
-            return output
-        temb = self.arg(args, kwargs, "temb")
-        text_len = context.shape[1]
-        _, _, gate = module.norm.linear(module.norm.silu(temb)).chunk(3, dim=1)
-        joint = torch.cat([hidden, context], dim=1) + gate.unsqueeze(1) * self.cache.forecast(state, name)
-        return joint[:, :-text_len], joint[:, -text_len:]
+        return self.kind.skip(module, hidden, context, temb, forecast)
 
 
 class _StackHook(_BlockHook):
@@ -401,21 +355,18 @@ class _StackHook(_BlockHook):
 
 
 def _blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:
-    return [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+    return [block for _, _, block in family_of(transformer).block_lists(transformer)]
 
 
 def cached_modules(transformer: torch.nn.Module, granularity: str = "block") -> dict[str, int]:
     """Names of the cached features and their channel counts: what a solver map must cover."""
-    dim = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    family = family_of(transformer)
+    dim = family.hidden_size(transformer)
     if granularity == "stack":
         return {"stack.img": dim, "stack.txt": dim}
-    names = {}
-    for i, _ in enumerate(transformer.transformer_blocks):
-        for key in ("attn", "ctx_attn", "ff", "ctx_ff"):
-            names[f"double.{i}.{key}"] = dim
-    for i, _ in enumerate(transformer.single_transformer_blocks):
-        names[f"single.{i}.proj_out"] = dim
-    return names
+    return {
+        f"{kind.name}.{index}.{key}": dim for kind, index, _ in family.block_lists(transformer) for key in kind.features
+    }
 
 
 def _check_solver_map(solver_map: SolverMap | None, modules: dict[str, int]) -> None:
@@ -458,15 +409,12 @@ def apply_feature_cache(
     cache = FeatureCache(transformer, config, mode_solver_map(config, modules, solver_map), probe)
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(_StepHook(cache), _STEP_HOOK)
     if config.mode != "none" or probe is not None:
-        blocks = _blocks(transformer)
-        doubles = len(transformer.transformer_blocks)
-        for i, block in enumerate(blocks):
+        blocks = list(family_of(transformer).block_lists(transformer))
+        for i, (kind, index, block) in enumerate(blocks):
             if config.granularity == "stack":
                 hook: ModelHook = _StackHook(cache, first=i == 0, last=i == len(blocks) - 1)
-            elif i < doubles:
-                hook = _DoubleBlockHook(cache, f"double.{i}")
             else:
-                hook = _SingleBlockHook(cache, f"single.{i - doubles}")
+                hook = _CachedBlockHook(cache, kind, f"{kind.name}.{index}")
             HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, _BLOCK_HOOK)
     HookRegistry.check_if_exists_or_initialize(transformer).invalidate_child_registries_cache()
     transformer._hyca_cache = cache

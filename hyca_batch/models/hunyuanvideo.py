@@ -1,4 +1,5 @@
-"""The real HunyuanVideo through diffusers: one loading path for a hub id and a local directory.
+"""The real HunyuanVideo through diffusers: one loading path for a hub id and a local directory (HunyuanVideo 1.5's
+directories load through it too: the class is the one their model_index.json names).
 
 Keeping a single ``from_pretrained`` path means the tiny directories the tests save exercise exactly
 the code that loads the 13B model on a GPU cluster.
@@ -78,14 +79,14 @@ def _unavailable_message(source: str, error: BaseException) -> str:
     cause = str(error).strip().rstrip(".")
     if Path(source).expanduser().is_dir():
         return (
-            f"cannot load a HunyuanVideoPipeline from the local directory {source!r}: {cause}. "
+            f"cannot load a video pipeline from the local directory {source!r}: {cause}. "
             "It must be a complete diffusers directory (model_index.json and every component folder "
             "with its weights), e.g. one written by HunyuanVideoPipeline.save_pretrained or "
             f"`hf download {HUNYUANVIDEO_HUB_ID} --local-dir DIR`."
         )
     offline = " (HF_HUB_OFFLINE is set)" if _hub_offline() else ""
     return (
-        f"cannot load the HunyuanVideo pipeline {source!r}: it is not in the local Hugging Face cache "
+        f"cannot load the video pipeline {source!r}: it is not in the local Hugging Face cache "
         f"and the Hub could not be used{offline}: {cause}. Fix: download it first on a machine with "
         f"network access (`hf download {source}`, with HF_HOME pointing at storage every worker "
         "can read), or download it to a directory and pass that directory as the model "
@@ -95,14 +96,15 @@ def _unavailable_message(source: str, error: BaseException) -> str:
 
 
 def load_diffusers_pipeline(source: str, device: torch.device, dtype: torch.dtype) -> HunyuanVideoPipeline:
-    """``HunyuanVideoPipeline.from_pretrained(source)`` in ``dtype`` on ``device``, VAE tiling on.
+    """``DiffusionPipeline.from_pretrained(source)`` in ``dtype`` on ``device``, VAE tiling on: the class its
+    model_index.json names (HunyuanVideoPipeline, HunyuanVideo15Pipeline or HunyuanVideo15ImageToVideoPipeline).
 
     Tiling is what lets a 720p x 129-frame decode fit in one GPU's memory; on small inputs it is a
     no-op. Failure to find the files raises ModelUnavailableError naming the source and the fix.
     """
     import diffusers
     import transformers
-    from diffusers import HunyuanVideoPipeline
+    from diffusers import DiffusionPipeline
     from diffusers.pipelines import pipeline_utils
 
     # Their per-component loading bars, from every replica at once, garble a job's log; the job reports
@@ -114,7 +116,7 @@ def load_diffusers_pipeline(source: str, device: torch.device, dtype: torch.dtyp
     # pyproject still allows, know only ``torch_dtype=`` and would silently ignore ``dtype=``.
     dtype_key = "dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"
     try:
-        pipeline = HunyuanVideoPipeline.from_pretrained(source, **{dtype_key: dtype})
+        pipeline = DiffusionPipeline.from_pretrained(source, **{dtype_key: dtype})
     except (OSError, ValueError) as exc:  # hub not-cached/offline/not-found; ValueError: components missing
         raise ModelUnavailableError(_unavailable_message(source, exc)) from exc
     pipeline.vae.enable_tiling()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from hyca_batch.models.hunyuanvideo import load_diffusers_pipeline
+from hyca_batch.models.hunyuanvideo15 import build_tiny15_pipeline, text_to_video
 from hyca_batch.models.random_weights import build_random_pipeline
-from hyca_batch.models.registry import KIND_DIFFUSERS, KIND_RANDOM, KIND_TINY, ModelSpec, resolve_model
+from hyca_batch.models.registry import HV15, KIND_DIFFUSERS, KIND_RANDOM, KIND_TINY, ModelSpec, resolve_model
 from hyca_batch.models.tiny import build_tiny_pipeline
 
 if TYPE_CHECKING:
@@ -21,9 +22,11 @@ class LoadedModel:
     """A pipeline ready to run, with the device/dtype it was placed on (the runner records both)."""
 
     spec: ModelSpec
-    pipeline: HunyuanVideoPipeline
+    pipeline: HunyuanVideoPipeline  # text-to-video (a HunyuanVideo15Pipeline for 1.5)
     device: torch.device
     dtype: torch.dtype
+    # The image-to-video pipeline over the same components (HunyuanVideo 1.5 with an image encoder), else None.
+    image_pipeline: Any = None
 
     @property
     def device_name(self) -> str:
@@ -55,7 +58,8 @@ def load_model(model: str | ModelSpec, device: str | torch.device | None = None)
     target = resolve_device(device)
     dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
     if spec.kind == KIND_TINY:
-        pipeline = build_tiny_pipeline(seed=0).to(device=target)
+        build = build_tiny15_pipeline if spec.family == HV15 else build_tiny_pipeline
+        pipeline = build(seed=0).to(device=target)
         if dtype != torch.float32:  # built in float32; casting a no-op only draws a diffusers warning
             pipeline = pipeline.to(dtype=dtype)
     elif spec.kind == KIND_DIFFUSERS:
@@ -65,5 +69,9 @@ def load_model(model: str | ModelSpec, device: str | torch.device | None = None)
     else:
         kinds = ", ".join(repr(k) for k in (KIND_TINY, KIND_DIFFUSERS, KIND_RANDOM))
         raise ValueError(f"model {spec.name!r} has unknown kind {spec.kind!r}; expected one of {kinds}")
+    image_pipeline = None
+    if type(pipeline).__name__ == "HunyuanVideo15ImageToVideoPipeline":
+        image_pipeline, pipeline = pipeline, text_to_video(pipeline)
+        image_pipeline.set_progress_bar_config(disable=True)
     pipeline.set_progress_bar_config(disable=True)
-    return LoadedModel(spec=spec, pipeline=pipeline, device=target, dtype=dtype)
+    return LoadedModel(spec=spec, pipeline=pipeline, device=target, dtype=dtype, image_pipeline=image_pipeline)

@@ -14,16 +14,28 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from hyca_batch.models.hunyuanvideo import HUNYUANVIDEO_SCHEDULER_SHIFT, HUNYUANVIDEO_TRANSFORMER, HUNYUANVIDEO_VAE
+from hyca_batch.models.hunyuanvideo15 import (
+    HUNYUANVIDEO15_SCHEDULER_SHIFT,
+    HUNYUANVIDEO15_TRANSFORMER,
+    HUNYUANVIDEO15_VAE,
+    TINY15_SCHEDULER_SHIFT,
+    TINY15_TRANSFORMER,
+    TINY15_VAE,
+)
 from hyca_batch.models.tiny import TINY_SCHEDULER_SHIFT, TINY_TRANSFORMER, TINY_VAE
 
 if TYPE_CHECKING:
     from diffusers import HunyuanVideoPipeline
 
-#: family -> (transformer config, VAE config, scheduler shift)
+#: configuration -> (transformer config, VAE config, scheduler shift)
 FAMILIES: dict[str, tuple[dict[str, Any], dict[str, Any], float]] = {
     "hunyuanvideo": (HUNYUANVIDEO_TRANSFORMER, HUNYUANVIDEO_VAE, HUNYUANVIDEO_SCHEDULER_SHIFT),
     "tiny": (TINY_TRANSFORMER, TINY_VAE, TINY_SCHEDULER_SHIFT),
+    "hunyuanvideo15": (HUNYUANVIDEO15_TRANSFORMER, HUNYUANVIDEO15_VAE, HUNYUANVIDEO15_SCHEDULER_SHIFT["480p"]),
+    "tiny15": (TINY15_TRANSFORMER, TINY15_VAE, TINY15_SCHEDULER_SHIFT),
 }
+#: The configurations of HunyuanVideo 1.5's classes (the others are the first HunyuanVideo's).
+HUNYUANVIDEO15_CONFIGS = ("hunyuanvideo15", "tiny15")
 
 
 @torch.no_grad()
@@ -54,19 +66,28 @@ def build_on(cls: type, config: dict[str, Any], device: torch.device, dtype: tor
 
 
 def build_random_pipeline(family: str, device: torch.device, dtype: torch.dtype, seed: int = 0) -> HunyuanVideoPipeline:
-    """HunyuanVideoPipeline over ``family``'s random-weight transformer and VAE (tiling on), without text encoders."""
+    """The family's pipeline over its random-weight transformer and VAE (tiling on), without text encoders: a
+    HunyuanVideoPipeline, or a HunyuanVideo15Pipeline with classifier-free guidance at 6.0."""
     from diffusers import (
         AutoencoderKLHunyuanVideo,
+        AutoencoderKLHunyuanVideo15,
+        ClassifierFreeGuidance,
         FlowMatchEulerDiscreteScheduler,
+        HunyuanVideo15Pipeline,
+        HunyuanVideo15Transformer3DModel,
         HunyuanVideoPipeline,
         HunyuanVideoTransformer3DModel,
     )
 
     transformer_config, vae_config, shift = FAMILIES[family]
-    transformer = build_on(HunyuanVideoTransformer3DModel, transformer_config, device, dtype, seed)
-    vae = build_on(AutoencoderKLHunyuanVideo, vae_config, device, dtype, seed + 1)
+    v15 = family in HUNYUANVIDEO15_CONFIGS
+    transformer_cls = HunyuanVideo15Transformer3DModel if v15 else HunyuanVideoTransformer3DModel
+    transformer = build_on(transformer_cls, transformer_config, device, dtype, seed)
+    vae = build_on(
+        AutoencoderKLHunyuanVideo15 if v15 else AutoencoderKLHunyuanVideo, vae_config, device, dtype, seed + 1
+    )
     vae.enable_tiling()
-    return HunyuanVideoPipeline(
+    parts = dict(
         text_encoder=None,
         tokenizer=None,
         transformer=transformer,
@@ -75,3 +96,6 @@ def build_random_pipeline(family: str, device: torch.device, dtype: torch.dtype,
         text_encoder_2=None,
         tokenizer_2=None,
     )
+    if v15:
+        return HunyuanVideo15Pipeline(**parts, guider=ClassifierFreeGuidance(guidance_scale=6.0))
+    return HunyuanVideoPipeline(**parts)

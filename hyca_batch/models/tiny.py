@@ -72,20 +72,24 @@ TINY_SCHEDULER_SHIFT = 7.0  # HunyuanVideo's shift
 ModuleT = TypeVar("ModuleT")
 
 
-def load_tiny_tokenizers() -> tuple[PreTrainedTokenizerFast, CLIPTokenizer]:
-    """The shipped tokenizers; a clear error where the files are missing."""
-    from transformers import CLIPTokenizer, PreTrainedTokenizerFast
-
-    missing = [str(p) for p in TINY_TOKENIZER_DIRS.values() if not (p / "tokenizer_config.json").is_file()]
+def load_shipped_tokenizers(preset: str, classes: dict[str, type], directories: dict[str, Path]) -> tuple:
+    """A preset's shipped tokenizers, one per pipeline component name, in ``classes``' order; a clear error where
+    the files are missing."""
+    missing = [str(p) for p in directories.values() if not (p / "tokenizer_config.json").is_file()]
     if missing:
         raise FileNotFoundError(
-            f"the tiny tokenizers are missing ({', '.join(missing)}): they ship with the package; in a checkout, "
+            f"the {preset} tokenizers are missing ({', '.join(missing)}): they ship with the package; in a checkout, "
             "restore them with git or rebuild them with `python -m hyca_batch.training.tokenizers`"
         )
-    return (
-        PreTrainedTokenizerFast.from_pretrained(TINY_TOKENIZER_DIRS["tokenizer"]),
-        CLIPTokenizer.from_pretrained(TINY_TOKENIZER_DIRS["tokenizer_2"]),
-    )
+    return tuple(cls.from_pretrained(directories[name]) for name, cls in classes.items())
+
+
+def load_tiny_tokenizers() -> tuple[PreTrainedTokenizerFast, CLIPTokenizer]:
+    """The shipped tokenizers of the ``tiny`` preset."""
+    from transformers import CLIPTokenizer, PreTrainedTokenizerFast
+
+    classes = {"tokenizer": PreTrainedTokenizerFast, "tokenizer_2": CLIPTokenizer}
+    return load_shipped_tokenizers("tiny", classes, TINY_TOKENIZER_DIRS)
 
 
 def _seeded(seed: int, component: int, factory: Callable[[], ModuleT]) -> ModuleT:

@@ -1,8 +1,8 @@
-"""Sequence parallelism (Ulysses x Ring, USP) for the HunyuanVideo transformer, inside one replica.
+"""Sequence parallelism (Ulysses x Ring, USP) for the video transformers, inside one replica.
 
-A leaf library: ``groups`` (the process groups), ``attention`` (USP attention as plain functions),
+Below the pipeline: ``groups`` (the process groups), ``attention`` (USP attention as plain functions),
 ``shard`` (hooks that spread one transformer over the groups), ``trace`` (counting communication). It knows
-nothing of models, caches or rank processes; the runtime composes them.
+models only through their family adapters, and nothing of caches or rank processes; the runtime composes them.
 """
 
 from hyca_batch.parallel.groups import SPGroups, destroy_groups, init_groups

@@ -1,13 +1,17 @@
-"""Sequence parallelism for diffusers' HunyuanVideoTransformer3DModel, as hooks in the style of ``diffusers.hooks``.
+"""Sequence parallelism for diffusers' video transformers, as hooks in the style of ``diffusers.hooks``.
 
-The transformer's own forward runs unchanged on every rank; hooks change what flows through it:
+The transformer's own forward runs unchanged on every rank; hooks change what flows through it, at the modules
+its family's adapter names (``models.adapters``):
 
-- ``x_embedder``: the patch tokens are padded to a multiple of the ranks and each rank keeps its chunk;
-- ``rope``: the rotary tables are split the same way;
-- ``context_embedder``: text padding is dropped (it is never attended to; xDiT does the same), so the
-  joint attention needs no mask; text tokens are replicated on every rank;
+- the patch embedder (``x_embedder``): the patch tokens are padded to a multiple of the ranks and each rank
+  keeps its chunk;
+- the rotary table maker (``rope``): the tables are split the same way;
+- the first block's input: text padding is dropped (it is never attended to; xDiT does the same), so the
+  joint attention needs no mask; text tokens are replicated on every rank. Both HunyuanVideos put the valid
+  text tokens first, and the adapter counts them from the transformer's arguments;
 - every block's attention processor (``SPAttnProcessor``): USP attention (``attention.py``);
-- ``proj_out``: the rank's output tokens are placed into a full-size zero tensor, without communication.
+- the output projection (``proj_out``): the rank's output tokens are placed into a full-size zero tensor,
+  without communication.
 
 The last point is what lets a HyCa skipped step run with no collective at all: patch embedding works
 per patch and the flow-matching scheduler step is elementwise, so each rank's latents stay correct on
@@ -25,6 +29,7 @@ import torch.distributed as dist
 from diffusers.hooks import HookRegistry, ModelHook
 
 from hyca_batch.config import ParallelConfig
+from hyca_batch.models.adapters import Arguments, Family, family_of
 from hyca_batch.parallel.attention import make_xfuser_attention, usp_attention_torch
 from hyca_batch.parallel.groups import SPGroups
 
@@ -41,6 +46,7 @@ class SequenceParallel:
     tokens: int = 0  # video tokens of the current video (set by the x_embedder hook)
     chunk: int = 0  # tokens per rank, padding included
     latent_grid: tuple[int, int, int] = (0, 0, 0)  # (frames, height, width) in patches
+    text_tokens: int | None = None  # valid text tokens of the current pass (set by the transformer's hook)
 
     @property
     def rank(self) -> int:
@@ -120,7 +126,8 @@ def _project(x, heads, to_q, to_k, to_v, norm_q, norm_k) -> tuple[torch.Tensor, 
 
 
 class SPAttnProcessor:
-    """diffusers' ``HunyuanVideoAttnProcessor2_0`` with its attention call replaced by USP attention.
+    """diffusers' ``HunyuanVideoAttnProcessor2_0`` (and ``HunyuanVideo15AttnProcessor2_0``, the same steps) with its
+    attention call replaced by USP attention.
 
     Steps 1-4 and 6 are the diffusers processor's, in the same order, so a rank computes exactly what the
     single-process model computes on its tokens. The attention mask is not used: text padding was
@@ -197,17 +204,41 @@ class _ShardRopeHook(ModelHook):
         return self.sp.shard(cos, dim=0), self.sp.shard(sin, dim=0)
 
 
-class _DropTextPaddingHook(ModelHook):
-    """On ``context_embedder``: keep only the text tokens the mask lets attention see."""
+class _CountTextHook(ModelHook):
+    """On the transformer: how many text tokens this pass attends to, counted from its arguments by the family."""
 
-    def new_forward(self, module, hidden_states, timestep, attention_mask=None):
-        output = self.fn_ref.original_forward(hidden_states, timestep, attention_mask)
-        if attention_mask is None:
-            return output
-        mask = attention_mask.bool()
-        if not (mask == mask[:1]).all():
-            raise ValueError("sequence parallelism needs the same text mask for every video of a batch")
-        return output[:, mask[0]]
+    def __init__(self, sp: SequenceParallel, family: Family):
+        super().__init__()
+        self.sp, self.family = sp, family
+        self.arg: Arguments | None = None
+
+    def initialize_hook(self, module):
+        self.arg = Arguments(module)
+        return module
+
+    def pre_forward(self, module, *args, **kwargs):
+        self.sp.text_tokens = self.family.valid_text_tokens(lambda name: self.arg(args, kwargs, name))
+        return args, kwargs
+
+
+def _drop_text_padding(sp: SequenceParallel, block: torch.nn.Module):
+    """A forward pre-hook on the first block that keeps only the valid text tokens (they come first).
+
+    A torch pre-hook, not a ``ModelHook``: it must run before the block's cache hook, which is registered later and
+    so would otherwise see the padded text first."""
+    arg = Arguments(block)
+    position = arg.position["encoder_hidden_states"]
+
+    def drop(module, args, kwargs):
+        text = arg(args, kwargs, "encoder_hidden_states")
+        if sp.text_tokens is None or text.shape[1] == sp.text_tokens:
+            return args, kwargs
+        text = text[:, : sp.text_tokens]
+        if "encoder_hidden_states" in kwargs:
+            return args, {**kwargs, "encoder_hidden_states": text}
+        return (*args[:position], text, *args[position + 1 :]), kwargs
+
+    return block.register_forward_pre_hook(drop, with_kwargs=True)
 
 
 class _PlaceOutputHook(ModelHook):
@@ -225,22 +256,24 @@ def apply_sequence_parallel(
     transformer: torch.nn.Module, groups: SPGroups, config: ParallelConfig, device: torch.device
 ) -> SequenceParallel:
     """Shard ``transformer`` over ``groups``: afterwards every rank must run the same inputs through it."""
-    cfg = transformer.config
-    if cfg.num_attention_heads % groups.ulysses:
-        raise ValueError(f"Ulysses degree {groups.ulysses} does not divide the {cfg.num_attention_heads} heads")
+    family = family_of(transformer)
+    heads = transformer.config.num_attention_heads
+    if heads % groups.ulysses:
+        raise ValueError(f"Ulysses degree {groups.ulysses} does not divide the {heads} heads")
     sp = SequenceParallel(
         groups=groups,
-        patch=(cfg.patch_size_t, cfg.patch_size, cfg.patch_size),
+        patch=family.patch(transformer),
         xfuser=make_xfuser_attention(config.attention, device) if groups.world > 1 else None,
     )
     hooks = {
-        transformer.x_embedder: _ShardTokensHook(sp),
-        transformer.rope: _ShardRopeHook(sp),
-        transformer.context_embedder: _DropTextPaddingHook(),
-        transformer.proj_out: _PlaceOutputHook(sp),
+        transformer: _CountTextHook(sp, family),
+        getattr(transformer, family.patch_embedder): _ShardTokensHook(sp),
+        getattr(transformer, family.rope): _ShardRopeHook(sp),
+        getattr(transformer, family.output_projection): _PlaceOutputHook(sp),
     }
     for module, hook in hooks.items():
         HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, _HOOK)
-    for block in [*transformer.transformer_blocks, *transformer.single_transformer_blocks]:
-        block.attn.set_processor(SPAttnProcessor(sp))
+    _drop_text_padding(sp, family.first_block(transformer))
+    for attention in family.attention_modules(transformer):
+        attention.set_processor(SPAttnProcessor(sp))
     return sp

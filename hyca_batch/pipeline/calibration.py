@@ -41,7 +41,9 @@ def record_trajectories(
         recorded = []
         for request in requests:
             generator(request)
-            recorded.append(probe.trajectories())
+            # The conditional pass's features (under classifier-free guidance the unconditional pass, in its own
+            # cache context, is forecast with the same map).
+            recorded.append(probe.trajectories(generator.family.cond_context))
     finally:
         generator.cache.remove()
     return {name: torch.cat([r[name] for r in recorded], dim=1) for name in recorded[0]}
@@ -110,7 +112,7 @@ def calibrate_recording(
 def step_weights(scheduler: Any, num_steps: int) -> list[float]:
     """dsigma_t^2 for each step of a pipeline's flow-matching ``scheduler``: how much a velocity error at step t
     moves the result."""
-    # The sigmas HunyuanVideoPipeline passes (linear in [1, 0)), shifted by the scheduler as in the real run.
+    # The sigmas both HunyuanVideo pipelines pass (linear in [1, 0)), shifted by the scheduler as in the real run.
     scheduler.set_timesteps(num_steps, sigmas=np.linspace(1.0, 0.0, num_steps + 1)[:-1], device="cpu")
     sigmas = scheduler.sigmas.double()
     return (sigmas[:-1] - sigmas[1:]).square().tolist()

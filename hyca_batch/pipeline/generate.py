@@ -2,23 +2,28 @@
 
 The pipeline call is split into its three stages (text encoding, the denoising loop, VAE decoding) by
 calling ``encode_prompt`` and the VAE ourselves around a latent-output pipeline call: the record's time
-breakdown then measures exactly the diffusers code a user would run, with no copy of the loop here. The
+breakdown then measures exactly the diffusers code a user would run, with no copy of the loop here. How a
+family's pipeline is encoded for and called is its adapter's (``models.adapters``); an image-to-video request
+runs the model's image pipeline, which shares the transformer (and so the cache) with the text one. The
 cache's step hook is always installed (mode ``none`` only counts and times passes), so every record has
 the same pass counts and the speedup estimate means the same thing in every mode.
 """
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
+import PIL.Image
 import torch
 
 from hyca_batch.cache import SolverMap, TrajectoryProbe, apply_feature_cache
 from hyca_batch.config import CacheConfig
 from hyca_batch.models import LoadedModel
+from hyca_batch.models.adapters import family_of
 from hyca_batch.parallel import SequenceParallel
 from hyca_batch.types import GenerationResult, Request
 
@@ -49,7 +54,18 @@ class VideoGenerator:
         self.parallel = parallel
         if probe is not None and parallel is not None and parallel.world > 1:
             probe.gather_video = parallel.gather_tokens
+        self.family = family_of(self.pipeline.transformer)
         self.cache = apply_feature_cache(self.pipeline.transformer, cache or CacheConfig(), solver_map, probe)
+
+    def _image(self, request: Request) -> PIL.Image.Image | None:
+        """An image-to-video request's image (its bytes were fetched and checked by the replica), as RGB."""
+        data = getattr(request, "image_bytes", None)
+        if data is None:
+            return None
+        if self.model.image_pipeline is None:
+            raise ValueError(f"request {request.id!r} has an image, but {self.model.spec.name} has no image-to-video")
+        with PIL.Image.open(io.BytesIO(data)) as image:
+            return image.convert("RGB")
 
     @contextmanager
     def uncached(self) -> Iterator[None]:
@@ -67,24 +83,14 @@ class VideoGenerator:
         generator = torch.Generator(device="cpu").manual_seed(request.seed)
         self.cache.reset(request.num_inference_steps)  # no state crosses from one video to the next
 
+        image = self._image(request)
         t0 = time.perf_counter()
         # Leading/trailing whitespace would shift the prompt template's crop boundary.
-        prompt_embeds, pooled_embeds, attention_mask = pipe.encode_prompt(prompt=request.prompt.strip(), device=device)
+        text = self.family.encode(pipe, request.prompt.strip(), request.guidance_scale, device)
         _sync(device)
         t1 = time.perf_counter()
-        latents = pipe(
-            prompt_embeds=prompt_embeds,
-            pooled_prompt_embeds=pooled_embeds,
-            prompt_attention_mask=attention_mask,
-            height=request.height,
-            width=request.width,
-            num_frames=request.num_frames,
-            num_inference_steps=request.num_inference_steps,
-            guidance_scale=request.guidance_scale,
-            generator=generator,
-            output_type="latent",
-            return_dict=False,
-        )[0]
+        denoiser = pipe if image is None else self.model.image_pipeline
+        latents = self.family.denoise(denoiser, text, request, generator, image)
         if self.parallel is not None:
             latents = self.parallel.gather_latents(latents)
         _sync(device)
