@@ -4,8 +4,13 @@ Two kinds of problem, kept apart on purpose:
 - a file that cannot be used at all (unreadable, not Parquet, no ``prompt`` column, a column of a type
   that cannot hold its field) raises :class:`ManifestError`, naming every such file and field at once,
   so a typo costs seconds instead of a GPU start;
-- a bad row (empty prompt, unsupported size, negative seed, conflicting duplicate id, ...) becomes a
-  :class:`RowError` that the job writes as an error record; every good row still runs.
+- a bad row (empty prompt, unsupported size, negative seed, conflicting duplicate id, an image that cannot be
+  read, ...) becomes a :class:`RowError` that the job writes as an error record; every good row still runs.
+
+An ``image`` column makes its rows image-to-video: a path (relative to the manifest) or ``s3://`` URI, or the
+image's bytes inline. Each image is read and decoded once here, in a thread pool (``hyca_batch.images``), and
+its sha256 joins the request: the video's id, duplicates and the drift check of re-runs go by it. The video
+size of an image row is the model's bucket for its image, never the job's defaults.
 
 Rows are numbered from 0 within their file, as pyarrow and pandas number them.
 """
@@ -21,6 +26,7 @@ import os
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,17 +36,26 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pyarrow.types as pat
 
+from hyca_batch.images import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, ImageError, ImageInfo, inspect_image, read_image
+from hyca_batch.images import resolve_reference as resolve_image_reference
 from hyca_batch.records import RESERVED_FIELDS
 from hyca_batch.storage import StorageError, open_storage
 from hyca_batch.types import GENERATION_FIELDS, REQUEST_SCHEMA, GenerationDefaults
 
 #: Columns a manifest row may set; every other column is carried into the record unchanged.
-KNOWN_COLUMNS = ("prompt", "id", "seed", *GENERATION_FIELDS)
+KNOWN_COLUMNS = ("prompt", "id", "seed", *GENERATION_FIELDS, "image")
 
 #: A valid id, matched against the whole id: RE2 (pyarrow) reads ``$`` as the end of the text, and Python code
 #: uses ``fullmatch``, so "abc\n" is no id.
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_SEED = 2**63 - 1
+#: Images read and decoded at once during validation: I/O bound on S3, and each holds one decoded image.
+IMAGE_WORKERS = 16
+#: Image rows handed to the pool at a time (a future per row of a million-row column would not be small).
+IMAGE_CHUNK = 1024
+
+#: A model's image-to-video sizing: an image's (height, width) to its video's (``ModelSpec.image_video_size``).
+ImageVideoSize = Callable[[int, int], tuple[int, int]]
 
 
 class ManifestError(ValueError):
@@ -62,6 +77,9 @@ class RowError:
     key: str  # the id its error record is stored under
     prompt: str | None = None
     reason: str = ""  # the message without its values, for counting rejections by kind
+    # An image row's image reference (None: inline bytes, or no image): as the row gives it, or resolved (absolute
+    # path) for a row rejected after its image was validated (a duplicate id, drift).
+    image: str | None = None
 
     def __str__(self) -> str:
         return f"{self.file}: row {self.row}: {self.field}: {self.message}"
@@ -150,10 +168,11 @@ def expand_inputs(inputs: Iterable[str], *, s3_endpoint_url: str | None = None) 
 def default_id(params: dict[str, Any], explicit_seed: bool) -> str:
     """A stable id from the generation parameters, so a re-run of the same row finds the same id.
 
-    The seed is part of the hash only when the row gives one; otherwise the seed derives from the id. This is
+    The seed is part of the hash only when the row gives one; otherwise the seed derives from the id. An image
+    row's ``image_sha256`` is part of it; a text row has none (or None), so text rows keep their ids. This is
     the reference for one row; :func:`_default_ids` computes the same for a whole column.
     """
-    payload = {k: v for k, v in params.items() if k != "seed" or explicit_seed}
+    payload = {k: v for k, v in params.items() if (k != "seed" or explicit_seed) and (k != "image_sha256" or v)}
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     return "v" + digest[:20]
 
@@ -181,11 +200,15 @@ def read_manifest(
     max_prompt_chars: int = 4000,
     max_tokens: int | None = None,
     s3_endpoint_url: str | None = None,
+    image_video_size: ImageVideoSize | None = None,
+    model_name: str | None = None,
 ) -> Manifest:
     """Read, validate and resolve every row of the given manifests (local files or ``s3://`` objects).
 
     Every check runs over whole columns with pyarrow compute; Python touches only the rows that fail (to word
-    their messages) and the ids it must hash.
+    their messages), the ids it must hash, and the images of image rows (read concurrently). Image rows need
+    ``image_video_size``, the model's sizing (None: the model ``model_name`` has no image-to-video pipeline, and
+    every image row is rejected without reading its image).
     """
     files = expand_inputs(inputs, s3_endpoint_url=s3_endpoint_url)
     tables: list[tuple[str, pa.Table]] = []
@@ -211,9 +234,10 @@ def read_manifest(
     parts: list[pa.Table] = []
     rejected: list[RowError] = []
     rows = 0
+    images = _ImageOptions(image_video_size, model_name, s3_endpoint_url)
     while tables:
         path, table = tables.pop(0)  # each file's raw table is released once resolved
-        part, bad = _resolve(path, table, defaults, max_prompt_chars, max_tokens, extra_schema)
+        part, bad = _resolve(path, table, defaults, max_prompt_chars, max_tokens, extra_schema, images)
         rows += table.num_rows
         parts.append(part.cast(schema))
         rejected.extend(bad)
@@ -236,6 +260,15 @@ def _check_columns(path: str, schema: pa.Schema) -> list[str]:
             ok = pat.is_string(typ) or pat.is_large_string(typ) or pat.is_binary(typ) or pat.is_large_binary(typ)
         elif name == "id":
             ok = pat.is_string(typ) or pat.is_large_string(typ) or pat.is_integer(typ) or pat.is_null(typ)
+        elif name == "image":
+            ok = any(is_type(typ) for is_type in (pat.is_string, pat.is_large_string, pat.is_binary))
+            ok = ok or pat.is_large_binary(typ) or pat.is_null(typ)
+            if not ok:
+                problems.append(
+                    f"{path}: field 'image': column type {typ} cannot hold it (a path or s3:// URI as a string, "
+                    "or the image's bytes as binary)"
+                )
+                continue
         else:
             ok = pat.is_integer(typ) or pat.is_floating(typ) or pat.is_null(typ)
         if not ok:
@@ -288,6 +321,13 @@ _MESSAGES = {
         "differs from another id only by case",
         "id {value!r} differs only by case from {others} (at {places}): on case-insensitive storage they are one file",
     ),
+    "image_empty": ("is empty", "is empty (leave it null for a text-to-video row)"),
+    "image_read": ("cannot be read", "cannot be read: {value}"),
+    "image_decode": ("is not a decodable image", "{value}"),
+    "image_small": (f"is smaller than {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels", "{value}"),
+    "image_large": (f"is larger than {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixels", "{value}"),
+    "no_i2v": ("the model has no image-to-video pipeline", "{model} has no image-to-video pipeline"),
+    "image_size": ("the size of an image row follows its image", "is {value}"),
 }
 #: The ranges of the integer fields besides the size (which ``check_size`` words).
 _RANGES = {"num_inference_steps": (1, 1000, "steps"), "fps": (1, 240, "fps")}
@@ -317,6 +357,13 @@ class _Rejections:
         reason, template = _MESSAGES[kind]
         shown = values.take(pa.array(rows)).to_pylist() if values is not None else [None] * len(rows)
         for row, value in zip(rows.tolist(), shown):
+            self.found.append((row, len(self.found), field, template.format(value=value, **fmt), reason))
+
+    def add_rows(self, rows: list[int], field: str, kind: str, values: list[Any] | None = None, **fmt: Any) -> None:
+        """Reject the given rows (found one by one, as images are), worded as in ``add``."""
+        reason, template = _MESSAGES[kind]
+        for row, value in zip(rows, values if values is not None else [None] * len(rows)):
+            self.bad[row] = True
             self.found.append((row, len(self.found), field, template.format(value=value, **fmt), reason))
 
     def mask(self, rows: list[int]) -> None:
@@ -411,6 +458,133 @@ def _outside(values: pa.Array, low: float, high: float) -> pa.Array:
     return pc.or_(pc.less(values, low), pc.greater(values, high))
 
 
+@dataclass(frozen=True)
+class _ImageOptions:
+    """What validating image rows needs besides the file: the model's sizing (None: no image-to-video) and name,
+    and the S3 endpoint of ``s3://`` images."""
+
+    video_size: ImageVideoSize | None = None
+    model_name: str | None = None
+    s3_endpoint_url: str | None = None
+
+
+@dataclass
+class _Images:
+    """One file's image columns, over all its rows (null where a row has no usable image)."""
+
+    given: pa.Array  # string: the reference as the row gives it (null for inline bytes and text rows)
+    ref: pa.Array  # string: the reference resolved (absolute path, s3:// URI)
+    sha256: pa.Array  # string: hex digest of the image's bytes
+    inline: pa.Array  # binary: the bytes of inline images
+    image_size: pa.Array  # string: "HxW" of the image, for messages
+    height: pa.Array  # int64: the video's height and width, the model's bucket for the image
+    width: pa.Array
+
+
+def _manifest_dir(path: str) -> str:
+    """Where relative image paths of the manifest at ``path`` start: its directory (or S3 prefix)."""
+    return path.rsplit("/", 1)[0] if path.startswith("s3://") else os.path.dirname(os.path.abspath(path))
+
+
+def _images(path: str, table: pa.Table, rej: _Rejections, options: _ImageOptions) -> _Images | None:
+    """Read, decode and size the image of every row that has one (None when the file has no ``image`` column).
+
+    Only image rows cost a read, done by ``IMAGE_WORKERS`` threads; each bad image is a RowError (field
+    ``image``) of its row alone. Without ``options.video_size`` every image row is rejected unread.
+    """
+    if "image" not in table.schema.names or pat.is_null(table.schema.field("image").type):
+        return None
+    n = table.num_rows
+    column = table.column("image")
+    inline = pat.is_binary(column.type) or pat.is_large_binary(column.type)
+    if inline:
+        raw = column.cast(pa.large_binary()).combine_chunks()  # inline images add up past 2 GB in one file
+        given = pa.nulls(n, pa.string())
+        present = pc.is_valid(raw)
+    else:
+        raw = column.cast(pa.string()).combine_chunks()
+        given = raw
+        blank = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(raw)), 0), False)
+        rej.add(blank, "image", "image_empty")
+        present = pc.and_(pc.is_valid(raw), pc.invert(blank))
+    rows = np.flatnonzero(pc.fill_null(present, False).to_numpy(zero_copy_only=False))
+    found: list[tuple[str | None, ImageInfo | None]] = [(None, None)] * len(rows)
+    if options.video_size is None:
+        model = f"model {options.model_name!r}" if options.model_name else "the model"
+        rej.add_rows(rows.tolist(), "image", "no_i2v", model=model)
+    elif len(rows):
+        base = _manifest_dir(path)
+
+        def check(row: int) -> tuple[str | None, ImageInfo | ImageError]:
+            ref = None
+            try:
+                if inline:
+                    data = raw[row].as_py()
+                else:
+                    ref = resolve_image_reference(raw[row].as_py(), base)
+                    data = read_image(ref, s3_endpoint_url=options.s3_endpoint_url)
+                return ref, inspect_image(data)
+            except ImageError as exc:
+                return ref, exc
+
+        failed: dict[str, tuple[list[int], list[str]]] = defaultdict(lambda: ([], []))
+        with ThreadPoolExecutor(max_workers=IMAGE_WORKERS) as pool:
+            for start in range(0, len(rows), IMAGE_CHUNK):
+                chunk = rows[start : start + IMAGE_CHUNK].tolist()
+                for i, row, (ref, out) in zip(range(start, start + len(chunk)), chunk, pool.map(check, chunk)):
+                    if isinstance(out, ImageError):
+                        failed[out.kind][0].append(row)
+                        failed[out.kind][1].append(str(out))
+                        out = None
+                    found[i] = (ref, out)
+        for kind, (bad_rows, messages) in failed.items():
+            rej.add_rows(bad_rows, "image", f"image_{kind}", messages)
+
+    infos = [info for _, info in found]
+    buckets = {(i.height, i.width): options.video_size(i.height, i.width) for i in infos if i is not None}
+    place = np.full(n, -1, dtype=np.int64)
+    place[rows] = np.arange(len(rows))
+    where = pa.array(place, mask=place < 0)
+
+    def spread(values: list[Any], kind: pa.DataType) -> pa.Array:
+        return pa.array(values, kind).take(where)
+
+    return _Images(
+        given=given,
+        ref=spread([ref for ref, _ in found], pa.string()),
+        sha256=spread([i and i.sha256 for i in infos], pa.string()),
+        inline=raw if inline else pa.nulls(n, pa.large_binary()),
+        image_size=spread([i and f"{i.height}x{i.width}" for i in infos], pa.string()),
+        height=spread([i and buckets[i.height, i.width][0] for i in infos], pa.int64()),
+        width=spread([i and buckets[i.height, i.width][1] for i in infos], pa.int64()),
+    )
+
+
+def _image_sizes(
+    images: _Images, explicit: dict[str, pa.Array | None], params: dict[str, pa.Array], rej: _Rejections
+) -> None:
+    """An image row's height and width become its image's bucket; a row that asks for another size is rejected
+    (the job's defaults never apply to it)."""
+    sized = pc.is_valid(images.height)
+    bucket = pc.binary_join_element_wise(images.height.cast(pa.string()), images.width.cast(pa.string()), "x")
+    for name in ("height", "width"):
+        target = getattr(images, name)
+        asked = explicit[name]
+        if asked is not None:
+            conflict = pc.not_equal(asked, target)  # null unless both are set
+            text = pc.binary_join_element_wise(
+                asked.cast(pa.string()),
+                ", but the size of an image row follows its image: its ",
+                images.image_size,
+                " (HxW) image makes a ",
+                bucket,
+                " (HxW) video; leave height and width null",
+                "",
+            )
+            rej.add(conflict, name, "image_size", text)
+        params[name] = pc.if_else(sized, target, params[name])
+
+
 def _resolve(
     path: str,
     table: pa.Table,
@@ -418,6 +592,7 @@ def _resolve(
     max_prompt_chars: int,
     max_tokens: int | None,
     extra_schema: pa.Schema,
+    image_options: _ImageOptions = _ImageOptions(),
 ) -> tuple[pa.Table, list[RowError]]:
     """One file's rows as requests (``REQUEST_SCHEMA`` + carried columns) and its rejected rows."""
     n = table.num_rows
@@ -425,13 +600,22 @@ def _resolve(
     prompts = _prompts(table, rej, max_prompt_chars)
 
     params: dict[str, pa.Array] = {}
+    explicit: dict[str, pa.Array | None] = {}
     unparsed: dict[str, np.ndarray] = {}
     for name in GENERATION_FIELDS:
         floating = name == "guidance_scale"
         values, unparsed[name] = _numbers(table, name, rej, floating=floating)
+        explicit[name] = values
         default = getattr(defaults, name)
         kind = pa.float64() if floating else pa.int64()
         params[name] = pa.repeat(pa.scalar(default, kind), n) if values is None else pc.fill_null(values, default)
+    images = _images(path, table, rej, image_options)
+    if images is not None:
+        _image_sizes(images, explicit, params, rej)
+    else:
+        nothing = pa.nulls(n, pa.string())
+        no_bytes = pa.nulls(n, pa.large_binary())
+        images = _Images(nothing, nothing, nothing, no_bytes, nothing, *[pa.nulls(n, pa.int64())] * 2)
     size_parsed = ~(unparsed["height"] | unparsed["width"] | unparsed["num_frames"])
     for name in ("height", "width"):
         v = params[name]
@@ -476,10 +660,11 @@ def _resolve(
     rej.add(malformed, "id", "id", shown, pattern=ID_PATTERN.pattern)
     ids = pc.if_else(malformed, pa.scalar(None, pa.string()), ids)
 
-    rejected = _row_errors(rej, ids, prompts)
+    rejected = _row_errors(rej, ids, prompts, images.given)
     good = pa.array(np.flatnonzero(~rej.bad))
     keep = {name: column.take(good) for name, column in params.items()}
     prompts, ids, seeds, explicit_seed = prompts.take(good), ids.take(good), seeds.take(good), explicit_seed.take(good)
+    image_sha256 = images.sha256.take(good)
     derived = pc.is_null(ids)
     if pc.any(derived).as_py():
         missing = pa.array(np.flatnonzero(derived.to_numpy(zero_copy_only=False)))
@@ -488,10 +673,14 @@ def _resolve(
             seeds.take(missing),
             explicit_seed.take(missing),
             {k: v.take(missing) for k, v in keep.items()},
+            image_sha256.take(missing),
         )
         ids = pc.replace_with_mask(ids, derived, new)
     seeds = pc.if_else(explicit_seed, seeds, _default_seeds(ids))
     columns: dict[str, pa.Array] = {"id": ids, "prompt": prompts, "seed": seeds, **keep}
+    columns["image"] = images.ref.take(good)
+    columns["image_sha256"] = image_sha256
+    columns["image_bytes"] = images.inline.take(good)
     columns["source_file"] = pa.DictionaryArray.from_arrays(
         pa.array(np.zeros(len(good), dtype=np.int32)), pa.array([path])
     ).cast(pa.string())
@@ -504,7 +693,7 @@ def _resolve(
     return pa.table(columns), rejected
 
 
-def _row_errors(rej: _Rejections, ids: pa.Array, prompts: pa.Array) -> list[RowError]:
+def _row_errors(rej: _Rejections, ids: pa.Array, prompts: pa.Array, images: pa.Array) -> list[RowError]:
     """RowErrors for the rejected rows, in row order; a row's key is its id when valid, else one from its place."""
     if not rej.found:
         return []
@@ -512,10 +701,11 @@ def _row_errors(rej: _Rejections, ids: pa.Array, prompts: pa.Array) -> list[RowE
     taken = pa.array(rows)
     keys = dict(zip(rows, ids.take(taken).to_pylist()))
     texts = dict(zip(rows, prompts.take(taken).to_pylist()))
+    given = dict(zip(rows, images.take(taken).to_pylist()))
     errors = []
     for row, _, field, message, reason in sorted(rej.found):
         key = keys[row] or "row-" + hashlib.sha256(f"{rej.path}:{row}".encode()).hexdigest()[:20]
-        errors.append(RowError(rej.path, row, field, message, key, texts[row], reason))
+        errors.append(RowError(rej.path, row, field, message, key, texts[row], reason, given[row]))
     return errors
 
 
@@ -529,9 +719,19 @@ def _json_strings(values: pa.Array) -> pa.Array:
     return pc.replace_with_mask(quoted, needs, pa.array(escaped, pa.string()))
 
 
-def _default_ids(prompts: pa.Array, seeds: pa.Array, explicit_seed: pa.Array, params: dict[str, pa.Array]) -> pa.Array:
+def _default_ids(
+    prompts: pa.Array,
+    seeds: pa.Array,
+    explicit_seed: pa.Array,
+    params: dict[str, pa.Array],
+    image_sha256: pa.Array | None = None,
+) -> pa.Array:
     """:func:`default_id` of every row: the same JSON, built column by column, then hashed."""
     as_json: dict[str, pa.Array] = {"prompt": _json_strings(prompts)}
+    if image_sha256 is not None and image_sha256.null_count < len(image_sha256):
+        # Hex needs no escaping; like the seed, present only where the row has it (so text rows keep their ids).
+        text = pc.binary_join_element_wise('"image_sha256": "', image_sha256, '", ', "")
+        as_json["image_sha256"] = pc.fill_null(text, "")
     for name, values in params.items():
         if pat.is_floating(values.type):  # Python's float repr, as json.dumps writes it: one per distinct value
             distinct = pc.unique(values)
@@ -544,8 +744,8 @@ def _default_ids(prompts: pa.Array, seeds: pa.Array, explicit_seed: pa.Array, pa
     pieces: list[Any] = ["{"]
     names = sorted(as_json)
     for i, name in enumerate(names):
-        if name == "seed":
-            pieces.append(as_json[name])  # carries its own separator: absent when the row has no seed
+        if name in ("seed", "image_sha256"):  # never last ("width" sorts after them)
+            pieces.append(as_json[name])  # carries its own separator: absent when the row has none
             continue
         last = i == len(names) - 1
         pieces += [f'"{name}": ', as_json[name], "}" if last else ", "]
@@ -578,7 +778,7 @@ def _dedupe(requests: pa.Table) -> tuple[pa.Table, list[RowError], int]:
     if len(repeated):
         in_repeated = pc.is_in(table.column("id"), repeated)
         dups = table.filter(in_repeated)
-        signatures = dups.group_by(["id", "prompt", "seed", *GENERATION_FIELDS]).aggregate([])
+        signatures = dups.group_by(["id", "prompt", "seed", *GENERATION_FIELDS, "image_sha256"]).aggregate([])
         variants = signatures.group_by("id").aggregate([([], "count_all")])
         conflicting = variants.filter(pc.greater(variants.column("count_all"), 1)).column("id")
         conflicts = dups.filter(pc.is_in(dups.column("id"), conflicting))
@@ -607,7 +807,7 @@ def _dedupe(requests: pa.Table) -> tuple[pa.Table, list[RowError], int]:
 def _group_errors(table: pa.Table, kind: str, group: Callable[[str], str] = str) -> list[RowError]:
     """A RowError for every row of ``table``, whose ids clash in groups (``group`` of the id): each message lists
     every place of its group and the group's other spellings; the group shares one error record."""
-    rows = table.select(["id", "prompt", "source_file", "source_row"]).to_pylist()
+    rows = table.select(["id", "prompt", "source_file", "source_row", "image"]).to_pylist()
     places: dict[str, list[str]] = defaultdict(list)
     spellings: dict[str, set[str]] = defaultdict(set)
     for r in rows:
@@ -619,5 +819,5 @@ def _group_errors(table: pa.Table, kind: str, group: Callable[[str], str] = str)
         key = group(r["id"])  # for case clashes, the spelling every case-insensitive store agrees on
         others = ", ".join(repr(i) for i in sorted(spellings[key] - {r["id"]}))
         message = template.format(value=r["id"], others=others, places=", ".join(places[key]))
-        errors.append(RowError(r["source_file"], r["source_row"], "id", message, key, r["prompt"], reason))
+        errors.append(RowError(r["source_file"], r["source_row"], "id", message, key, r["prompt"], reason, r["image"]))
     return errors

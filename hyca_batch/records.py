@@ -50,6 +50,10 @@ RECORD_SCHEMA = pa.schema(
         *(REQUEST_SCHEMA.field(name).with_nullable(True) for name in ("prompt", "seed")),
         pa.field("model", pa.string()),
         *(REQUEST_SCHEMA.field(name).with_nullable(True) for name in GENERATION_FIELDS),
+        # An image-to-video row's image: its reference (absolute path or s3:// URI; null when it was inline) and
+        # the sha256 of its bytes. Both null for text-to-video.
+        REQUEST_SCHEMA.field("image"),
+        REQUEST_SCHEMA.field("image_sha256"),
         pa.field("cache_mode", pa.string()),
         pa.field("cache_interval", pa.int64()),
         pa.field("solver_map_id", pa.string()),
@@ -86,9 +90,11 @@ RECORD_SCHEMA = pa.schema(
     metadata={"hyca_batch.record_version": RECORD_VERSION},
 )
 
-#: Fields that are null unless the video had an uncached baseline (--baseline-every) or a solver map.
+#: Fields that are null unless the video had an uncached baseline (--baseline-every), a solver map or an image.
 OPTIONAL_FIELDS = frozenset(
     {
+        "image",
+        "image_sha256",
         "solver_map_id",
         "cache_schedule",
         "cache_forecasts",
@@ -108,6 +114,7 @@ RESERVED_FIELDS = frozenset(RECORD_SCHEMA.names) | {
     "traceback",
     "history",
     "ordinal",  # the job's own column: a request's place in the manifest
+    "image_bytes",  # a request's inline image (never in a record: the request carries it)
 }
 
 
@@ -238,7 +245,13 @@ def _read_files(
     base = base.rstrip("/")
 
     def read(key: str) -> pa.Table:
-        return pq.read_table(f"{base}/{key}", filesystem=fs, columns=columns)
+        if columns is None:
+            return pq.read_table(f"{base}/{key}", filesystem=fs)
+        # Only the columns the file has: a record of an earlier version lacks the newer fields (read_records
+        # gives them as nulls).
+        with fs.open_input_file(f"{base}/{key}") as f:
+            parquet = pq.ParquetFile(f)
+            return parquet.read(columns=[c for c in columns if c in parquet.schema_arrow.names])
 
     out: list[pa.Table] = []
     with ThreadPoolExecutor(max_workers=BULK_WORKERS) as pool:
@@ -318,7 +331,12 @@ def read_records(
     missing = listed.filter(pc.invert(pc.is_in(listed.column("id"), have))).column("id").to_pylist()
     if missing:
         tables.append(_read_files(storage, [record_key(i) for i in missing], columns=wanted))
-    return _unify(tables)
+    table = _unify(tables)
+    for name in wanted or ():  # asked for, but no record has it (all written before the field existed)
+        if name not in table.column_names:
+            kind = RECORD_SCHEMA.field(name).type if name in RECORD_SCHEMA.names else pa.null()
+            table = table.append_column(pa.field(name, kind), pa.nulls(table.num_rows, kind))
+    return table
 
 
 class SnapshotWriter:

@@ -30,7 +30,9 @@ class GenerationDefaults:
     width: int = field(metadata={"help": "Video width in pixels (a multiple of 16)."})
     num_frames: int = field(metadata={"help": "Frames per video (4k+1)."})
     num_inference_steps: int = field(metadata={"help": "Denoising steps.", "flag": "steps"})
-    guidance_scale: float = field(metadata={"help": "Guidance scale (HunyuanVideo's embedded guidance)."})
+    guidance_scale: float = field(
+        metadata={"help": "Guidance scale (HunyuanVideo's embedded guidance; classifier-free guidance for 1.5)."}
+    )
     fps: int = field(metadata={"help": "Frames per second of the mp4."})
 
     def merged(self, **overrides: Any) -> GenerationDefaults:
@@ -48,6 +50,9 @@ def latent_tokens(height: int, width: int, num_frames: int) -> int:
 GENERATION_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(GenerationDefaults))
 
 #: A validated request as it travels from the driver to the replicas (the manifest's carried columns follow).
+#: The image fields are null for a text-to-video row. An image-to-video row has ``image_sha256`` (hex, of the bytes
+#: the manifest's validation read) and either ``image`` (a local path made absolute, or an ``s3://`` URI: the
+#: replica reads it) or ``image_bytes`` (the manifest held the image inline).
 REQUEST_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),
@@ -57,6 +62,9 @@ REQUEST_SCHEMA = pa.schema(
             pa.field(f.name, pa.float64() if f.type in (float, "float") else pa.int64(), nullable=False)
             for f in dataclasses.fields(GenerationDefaults)
         ),
+        pa.field("image", pa.string()),
+        pa.field("image_sha256", pa.string()),
+        pa.field("image_bytes", pa.large_binary()),  # large: a manifest's inline images may pass 2 GB
         pa.field("source_file", pa.string(), nullable=False),
         pa.field("source_row", pa.int64(), nullable=False),
     ]
@@ -66,13 +74,17 @@ REQUEST_SCHEMA = pa.schema(
 @dataclass(frozen=True)
 class Request(GenerationDefaults):
     """One video to generate: its generation parameters (all of them set), prompt and seed, which determine its
-    frames, plus where it came from."""
+    frames, plus where it came from. An image-to-video request also has its image (see ``REQUEST_SCHEMA``): on
+    the replica ``image_bytes`` is always set before it generates (``hyca_batch.images.attach_image``)."""
 
     id: str
     prompt: str
     seed: int
     source_file: str = ""
     source_row: int = -1
+    image: str | None = None  # a local path (absolute) or s3:// URI; None for inline bytes and text-to-video
+    image_sha256: str | None = None  # of the image's bytes; None for text-to-video
+    image_bytes: bytes | None = field(default=None, repr=False)
     extra: dict[str, Any] = field(default_factory=dict)  # the manifest's carried columns
 
     @classmethod
@@ -82,9 +94,10 @@ class Request(GenerationDefaults):
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Request:
-        """From a ``REQUEST_SCHEMA`` row (a record's row works too); unknown columns go to ``extra``."""
+        """From a ``REQUEST_SCHEMA`` row (a record's row works too: it has no ``image_bytes``, and records of
+        earlier versions no image fields); unknown columns go to ``extra``."""
         known = set(REQUEST_SCHEMA.names)
-        return cls(**{k: row[k] for k in known}, extra={k: v for k, v in row.items() if k not in known})
+        return cls(**{k: row[k] for k in known if k in row}, extra={k: v for k, v in row.items() if k not in known})
 
     @classmethod
     def from_table(cls, table: pa.Table, carried: pa.Schema | None = None) -> Iterator[Request]:
@@ -95,8 +108,8 @@ class Request(GenerationDefaults):
             yield cls.from_row(row)
 
     def generation_params(self) -> dict[str, Any]:
-        """Everything that determines the frames."""
-        return {name: getattr(self, name) for name in ("prompt", "seed", *GENERATION_FIELDS)}
+        """Everything that determines the frames (the image by its sha256: None for text-to-video)."""
+        return {name: getattr(self, name) for name in ("prompt", "seed", *GENERATION_FIELDS, "image_sha256")}
 
 
 @dataclass

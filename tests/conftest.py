@@ -44,6 +44,21 @@ def write_manifest(tmp_path):
     return write
 
 
+@pytest.fixture
+def write_image(tmp_path):
+    """``write_image(name, width, height, fmt="PNG", color=...)``: a real image file written by Pillow under
+    ``tmp_path`` (subdirectories created); returns its path."""
+    from PIL import Image
+
+    def write(name: str, width: int = 64, height: int = 48, fmt: str = "PNG", color=(200, 40, 10)) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (width, height), color).save(path, fmt)
+        return path
+
+    return write
+
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -6,6 +6,7 @@ at its third transformer pass, once, when the test arms it by creating a file.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from faults import fault_env
 
 from hyca_batch.cache import SolverMap
 from hyca_batch.config import CacheConfig, JobConfig
+from hyca_batch.images import attach_image
 from hyca_batch.job import JobError, run_job
 from hyca_batch.models import load_model
 from hyca_batch.pipeline.encode import decode_mp4, encode_mp4
@@ -103,3 +105,55 @@ def test_more_gpus_than_the_cluster_has_is_a_clear_error(ray_gpus, write_manifes
     manifest = write_manifest(prompt=PROMPTS[:1])
     with pytest.raises(JobError, match="needs 4 GPUs"):
         run_job(config(manifest, tmp_path / "out", sp=4))
+
+
+def test_hunyuanvideo15_directory_with_hyca_sp2_gives_the_videos_of_sp1_and_takes_image_rows(
+    ray_gpus, write_manifest, write_image, tmp_path
+):
+    """The issue's "done when" on the offline HunyuanVideo 1.5: a local diffusers directory, ``--cache hyca --sp 2``,
+    videos equal to a single process's, complete records, an image row made into a video and a bad image refused
+    on its own row."""
+    from hyca_batch.models.hunyuanvideo15 import save_tiny15_pipeline
+
+    model_dir = save_tiny15_pipeline(tmp_path / "hv15")
+    good = write_image("first-frame.png", width=64, height=40)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(good.read_bytes()[:60])  # a PNG cut off inside its first chunk
+    manifest = write_manifest(
+        prompt=[*PROMPTS, "the same circle, now moving", "another"],
+        seed=[1, 2, 3, 4],
+        image=[None, None, str(good), str(bad)],
+    )
+    out = tmp_path / "out"
+    summary = run_job(
+        JobConfig.from_options(
+            manifests=[manifest], out=str(out), model=str(model_dir), progress=False, cache="hyca", interval=3, sp=2
+        )
+    )
+    assert summary.done == 3 and summary.rejected == 1, summary
+    storage = open_storage(str(out))
+    records = {r["source_row"]: r for r in read_records(storage).to_pylist()}
+    assert sorted(records) == [0, 1, 2]
+    (error_file,) = (out / "errors").glob("*.json")
+    rejection = json.loads(error_file.read_text())
+    assert rejection["status"] == "rejected" and rejection["source_row"] == 3 and "image" in rejection["message"]
+
+    smap = SolverMap.load(out / "solver_map.safetensors")
+    model = load_model(str(model_dir), device="cpu")
+    assert model.image_pipeline is not None
+    generator = VideoGenerator(model, cache=CacheConfig(mode="hyca", interval=3), solver_map=smap)
+    for row, rec in records.items():
+        assert rec["device_count"] == 2 and rec["cache_mode"] == "hyca" and rec["solver_map_id"] == smap.id
+        assert rec["transformer_passes_skipped"] > 0 and rec["sha256"] and rec["model"] == str(model_dir)
+        request = Request.from_row(rec)
+        if row == 2:
+            assert rec["image"] == str(good) and rec["image_sha256"]
+            assert (rec["height"], rec["width"]) == model.spec.image_video_size(40, 64)
+            request = attach_image(request)
+        else:
+            assert rec["image"] is None and rec["image_sha256"] is None
+        single = generator(request).frames
+        parallel = decode_mp4(Path(rec["output_uri"]).read_bytes()).frames
+        assert single.shape == parallel.shape == (rec["num_frames"], rec["height"], rec["width"], 3)
+        codec_only = psnr(single, decode_mp4(encode_mp4(single, rec["fps"])).frames)
+        assert psnr(single, parallel) >= codec_only - 1.0, row

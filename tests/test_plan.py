@@ -4,6 +4,7 @@ nothing; the rejections go out in one batch and are not rewritten by the next pl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -18,10 +19,12 @@ import pytest
 
 from hyca_batch.config import JobConfig
 from hyca_batch.job import dry_run
-from hyca_batch.job.plan import plan_job
+from hyca_batch.job.plan import choose_pending, plan_job
 from hyca_batch.manifest import default_id, read_manifest
-from hyca_batch.records import write_error, write_record
+from hyca_batch.models import resolve_model
+from hyca_batch.records import committed_listing, failed_ids, parquet_bytes, write_error, write_record
 from hyca_batch.storage import open_storage
+from hyca_batch.storage.layout import record_key
 from hyca_batch.types import GenerationDefaults
 
 DEFAULTS = GenerationDefaults(height=64, width=64, num_frames=9, num_inference_steps=4, guidance_scale=6.0, fps=8)
@@ -194,3 +197,55 @@ def test_the_plan_scale_benchmark_runs_and_checks_its_counts(tmp_path):
     assert result["ratio"]["rows"] == 2 and result["ratio"]["seconds"] > 0
     assert [(r["storage"], r["committed"]) for r in result["resume"]] == [("local", 300), ("s3", 300)]
     assert "4000 / 2000 rows" in proc.stdout
+
+
+def test_a_changed_image_on_rerun_is_drift_not_skipped(tmp_path, write_image):
+    """A re-run after an image file changed: under an explicit id the committed video no longer matches the row
+    (drift, reported and not run), under a derived id the row is a new video; text rows stay committed, also
+    against records written before records had image fields."""
+    i2v = dataclasses.replace(resolve_model("tiny"), i2v_target_size=64)
+    write_image("imgs/a.png")
+    write_image("imgs/b.png", color=(0, 90, 0))
+    path = str(tmp_path / "m.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "prompt": ["explicit", "derived", "text", "old text"],
+                "id": ["clip-1", None, "t-1", "t-2"],
+                "image": ["imgs/a.png", "imgs/b.png", None, None],
+            }
+        ),
+        path,
+    )
+
+    def plan():
+        manifest = read_manifest([path], DEFAULTS, image_video_size=i2v.image_video_size, model_name=i2v.name)
+        pending, counts = choose_pending(storage, manifest, committed_listing(storage), failed_ids(storage), 3)
+        return manifest, pending, counts
+
+    storage = open_storage(str(tmp_path / "out"))
+    first, _, _ = plan()
+    for row in first.requests.to_pylist():
+        record = {k: v for k, v in row.items() if k != "image_bytes"} | {"status": "done"}
+        if row["id"] == "t-2":  # a record of an earlier version: no image columns at all
+            table = pa.table({k: [v] for k, v in record.items() if not k.startswith("image")})
+            storage.put_bytes(record_key(row["id"]), parquet_bytes(table))
+        else:
+            write_record(storage, record, pa.schema([]), {})
+    manifest, pending, counts = plan()
+    assert (counts.committed, counts.pending, counts.rejected) == (4, 0, 0)
+
+    write_image("imgs/a.png", color=(1, 2, 3))
+    write_image("imgs/b.png", color=(4, 5, 6))
+    manifest, pending, counts = plan()
+    assert (counts.committed, counts.rejected) == (2, 1)
+    assert pending.column("prompt").to_pylist() == ["derived"]  # a new image, a new id: a new video
+    (drift,) = manifest.rejected
+    assert (drift.row, drift.field, drift.key, drift.image) == (0, "id", "clip-1", str(tmp_path / "imgs" / "a.png"))
+    assert "already committed with other parameters" in drift.message and "image_sha256: " in drift.message
+    assert counts.rejected_by_reason == {"id: already committed with other parameters": 1}
+
+    # A text video committed under an id that now names an image has drifted too.
+    pq.write_table(pa.table({"prompt": ["text"], "id": ["t-1"], "image": ["imgs/a.png"]}), path)
+    manifest, pending, counts = plan()
+    assert (counts.rejected, counts.pending) == (1, 0) and "image_sha256: None -> " in manifest.rejected[0].message

@@ -385,7 +385,7 @@ _DEATH_WORDS = ("exit", "signal", "killed", "memory", "oom", "sigsegv", "segment
 def _charged(storage: Storage, block: pa.Table, cause: str, run_id: str) -> pa.Table:
     """A one-video block that failed where the replica could not say so itself (it died, or was killed for
     running too long): its error record, written here, and its ``failed`` result."""
-    (row,) = block.select(["id", "prompt", "source_file", "source_row", "attempt"]).to_pylist()
+    (row,) = block.select(["id", "prompt", "image", "image_sha256", "source_file", "source_row", "attempt"]).to_pylist()
     try:
         write_error(
             storage,
@@ -396,6 +396,8 @@ def _charged(storage: Storage, block: pa.Table, cause: str, run_id: str) -> pa.T
                 "error_type": "VideoTimeout" if "timeout" in cause else "ReplicaDied",
                 "message": cause,
                 "prompt": row["prompt"],
+                # An image row's image (text-to-video error records stay as they were).
+                **({"image": row["image"], "image_sha256": row["image_sha256"]} if row["image_sha256"] else {}),
                 "source_file": row["source_file"],
                 "source_row": row["source_row"],
                 "run_id": run_id,

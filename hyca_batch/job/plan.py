@@ -130,6 +130,8 @@ def plan_job(config: JobConfig, *, force: bool = False, run_id: str = "", dry_ru
         max_prompt_chars=config.max_prompt_chars,
         max_tokens=max_tokens,
         s3_endpoint_url=config.s3_endpoint_url,
+        image_video_size=spec.image_video_size if spec.i2v_target_size is not None else None,
+        model_name=spec.name,
     )
     # After the manifest, so that a bad manifest leaves no output directory behind; on S3 this checks the bucket.
     storage = open_storage(config.out, s3_endpoint_url=config.s3_endpoint_url, create=not dry_run)
@@ -274,11 +276,12 @@ def _drift(
     storage: Storage, requests: pa.Table, done: pa.Array, listing: pa.Table
 ) -> tuple[pa.Array, list[RowError]] | None:
     """Rows whose id is committed with other generation parameters (the prompt or the seed changed under an
-    explicit id, another default): a mask over ``requests`` and their RowErrors, or None when there are none.
-    The committed values come from the snapshot (two columns' worth) and the few records it does not cover."""
+    explicit id, another default, another image): a mask over ``requests`` and their RowErrors, or None when there
+    are none. The committed values come from the snapshot (two columns' worth) and the few records it does not
+    cover."""
     if not pc.any(done).as_py():
         return None
-    fields = ["prompt", "seed", *GENERATION_FIELDS]
+    fields = ["prompt", "seed", *GENERATION_FIELDS, "image_sha256"]
     asked = requests.filter(done)
     recorded = read_records(storage, ids=asked.column("id"), columns=fields, listed=listing)
     where = pc.index_in(asked.column("id"), recorded.column("id"))
@@ -286,6 +289,13 @@ def _drift(
     for name in fields:
         was = recorded.column(name).take(where)
         differs[name] = pc.fill_null(pc.not_equal(was, asked.column(name)), False)  # unknown: not drift
+    # A null image_sha256 is a value: text-to-video (records from before images existed read as null too). A
+    # text video committed under an id that now has an image (or the reverse) drifted; a record that was not read,
+    # or says nothing of what it generated (no prompt), did not.
+    was = recorded.column("image_sha256").take(where)
+    known = pc.is_valid(recorded.column("prompt").take(where))
+    one_sided = pc.and_(known, pc.not_equal(pc.is_null(was), pc.is_null(asked.column("image_sha256"))))
+    differs["image_sha256"] = pc.or_(differs["image_sha256"], one_sided)
     any_field = differs[fields[0]]
     for name in fields[1:]:
         any_field = pc.or_(any_field, differs[name])
@@ -296,7 +306,11 @@ def _drift(
     was_rows = recorded.take(where.take(taken)).to_pylist()
     errors = []
     for now, was in zip(asked.take(taken).to_pylist(), was_rows):
-        changed = "; ".join(f"{n}: {was[n]!r} -> {now[n]!r}" for n in fields if was[n] is not None and was[n] != now[n])
+        changed = "; ".join(
+            f"{n}: {was[n]!r} -> {now[n]!r}"
+            for n in fields
+            if (was[n] is not None or n == "image_sha256") and was[n] != now[n]
+        )
         errors.append(
             RowError(
                 now["source_file"],
@@ -307,6 +321,7 @@ def _drift(
                 now["id"],
                 now["prompt"],
                 "already committed with other parameters",
+                now["image"],
             )
         )
     # The mask over all requests: the asked rows are the committed ones, in order.
@@ -344,8 +359,9 @@ def write_rejections(
             "attempt": 0,
             "error_type": "ManifestError",
             "message": message,
-            "problems": [dataclasses.asdict(e) for e in errs],
+            "problems": [_problem(e) for e in errs],
             "prompt": errs[0].prompt,
+            **({"image": errs[0].image} if errs[0].image is not None else {}),
             "source_file": errs[0].file,
             "source_row": errs[0].row,
             "run_id": run_id,
@@ -353,3 +369,11 @@ def write_rejections(
         }
         items.append((error_key(key), error_body(error, before)))
     storage.put_many(items, overwrite=True)
+
+
+def _problem(error: RowError) -> dict[str, Any]:
+    """A rejection as its error record lists it; ``image`` only for an image row given by reference."""
+    doc = dataclasses.asdict(error)
+    if doc["image"] is None:
+        del doc["image"]
+    return doc

@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from hyca_batch.cache import SolverMap
 from hyca_batch.config import JobConfig
+from hyca_batch.images import attach_image
 from hyca_batch.job.execute import init_ray, replica_gpus
 from hyca_batch.models import ModelSpec
 from hyca_batch.runtime import RankSetup, open_backend
@@ -96,5 +97,7 @@ def calibration_requests(pending: pa.Table, count: int) -> list[Request]:
 def _calibrate(spec: ModelSpec, requests: list[Request], config: JobConfig) -> SolverMap:
     """In the Ray task: on a replica's backend (its --sp devices: a 720p probe may not fit on one)."""
     setup = RankSetup(model=spec, parallel=config.parallel, device=config.resources.device)
+    # Image rows are probed as what they are, image-to-video (their images read here, as a replica reads them).
+    requests = [attach_image(request, s3_endpoint_url=config.s3_endpoint_url) for request in requests]
     with open_backend(setup, cpus=config.resources.cpus_per_replica) as backend:
         return backend.calibrate(requests, config.cache, config.calibration)

@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from hyca_batch.cache import SolverMap
 from hyca_batch.config import CacheConfig, ParallelConfig
+from hyca_batch.images import attach_image
 from hyca_batch.models import ModelSpec
 from hyca_batch.pipeline.encode import encode_mp4
 from hyca_batch.pipeline.fidelity import psnr, relative_l2, ssim
@@ -105,6 +106,7 @@ class Replica:
         info = self.backend.info
         self.model_name, self.device_type, self.device_name = info["model"], info["device_type"], info["device_name"]
         self.storage = open_storage(out, s3_endpoint_url=s3_endpoint_url)
+        self.s3_endpoint_url = s3_endpoint_url  # also where s3:// images of image-to-video rows are read
         self._announce(run_id, started_at, time.perf_counter() - t_load)
         self.cache = cache
         self.solver_map_id = solver_map.id if solver_map is not None and cache.mode == "hyca" else None
@@ -160,6 +162,8 @@ class Replica:
             if self.storage.exists(record_key(request.id)):
                 # Committed meanwhile (a concurrent job, an earlier attempt Ray thought lost): the record stands.
                 return self._result(request.id, "already_done", attempt, t0), None
+            # An image row's image, read here (never through the driver) and checked against the validated hash.
+            request = attach_image(request, s3_endpoint_url=self.s3_endpoint_url)
             if self.hook is not None:
                 self.hook(self, request)
             result = self.backend.generate(request)
@@ -170,6 +174,7 @@ class Replica:
             key, uri = self._put_video(request.id, data)
             record = {
                 **request.generation_params(),
+                "image": request.image,
                 "id": request.id,
                 "model": self.model_name,
                 "cache_mode": self.cache.mode,
@@ -227,6 +232,7 @@ class Replica:
                         "message": str(exc),
                         "traceback": traceback.format_exc(),
                         "prompt": request.prompt,
+                        **_image_fields(request),
                         "source_file": request.source_file,
                         "source_row": request.source_row,
                         "run_id": self.run_id,
@@ -291,3 +297,10 @@ class Replica:
             "psnr": psnr,
             "error": error,
         }
+
+
+def _image_fields(request: Request) -> dict[str, Any]:
+    """An image row's image in its error record (nothing for text-to-video, whose error records stay as they were)."""
+    if request.image_sha256 is None:
+        return {}
+    return {"image": request.image, "image_sha256": request.image_sha256}
