@@ -140,3 +140,14 @@ def test_an_image_request_runs_the_image_pipeline(single):
     assert stats.skipped > 0
     text_only, _ = generate(model, CACHE, smap, request(height=height, width=width))
     assert not torch.allclose(result.latents, text_only.latents)
+
+
+def test_ring_with_padding_on_four_ranks(single):
+    """Ulysses 2 x Ring 2 (the heads allow no more Ulysses), 27 video tokens: the last rank's chunk is padded."""
+    model, smap = single
+    req = request(height=48, width=48)  # 3 latent frames x 3 x 3: 7 tokens per rank, the last one padded
+    setup = RankSetup(model=SPEC, parallel=ParallelConfig(sp=4), cache=CACHE, solver_map=smap)
+    with RankBackend(setup) as backend:
+        assert (backend.info["ulysses"], backend.info["ring"]) == (2, 2)
+        reference, _ = generate(model, CACHE, smap, req)
+        assert_same_video(reference, backend.generate(req))
