@@ -1,6 +1,7 @@
 """Cache quality vs. speed: every cache mode at every interval N against the uncached video, in one run.
 
     .venv/bin/python benchmarks/cache_quality.py [--model mini] [--intervals 3,4,5,6,7,8] [--quick] [--no-cache-dit]
+    .venv/bin/python benchmarks/cache_quality.py --model tiny15 [...]   # HunyuanVideo 1.5 (tiny, random weights)
 
 For each prompt the uncached reference (mode ``none``) is generated first; then, for each N and each
 method, the same prompts (same seeds) are generated with the cache and compared with the reference:
@@ -34,6 +35,20 @@ final latents against the uncached ones. All are means over the prompts.
 Timing: every (method, prompt) gets one untimed run (fidelity, FLOPs), then ``--repeats`` pairs of timed
 runs, uncached then cached, and a few more pairs while a side's two best times disagree; each side keeps
 its best time. Pairing keeps the ratio honest on a machine whose load changes during the benchmark.
+
+Model families: which blocks a model has, in which order and of which kind (dual-stream, single-stream), comes
+from its family's adapter (``hyca_batch.models.adapters``), for the counters above and for cache-dit's block list.
+HunyuanVideo 1.5 (``--model tiny15``, or a 1.5 checkpoint) runs real classifier-free guidance: two transformer
+passes per step (conditional, unconditional), each with its own cache history; ``passes_per_step`` (JSON, and a
+line above the table) is what the uncached reference's cache counted, and ``full``, ``blocks``, FLOPs and the
+expected schedules of diffusers' TaylorSeer and cache-dit count both passes. On 1.5: diffusers' TaylorSeer hooks
+``transformer_blocks.*.attn`` as on 1.0 and runs (its state is per cache context, so per pass); diffusers'
+FirstBlockCache needs every block's class in diffusers' ``TransformerBlockRegistry``, where diffusers 0.42.1 has no
+``HunyuanVideo15TransformerBlock``, so it cannot be enabled; cache-dit runs, one context over the dual-stream
+blocks with ``enable_separate_cfg`` (as its own HunyuanVideo 1.5 adapter). Each peer is enabled and disabled once
+before the runs: one that cannot be, or that fails while running, is not run and says so (``NOT RUN ...`` on stderr
+and under the table, ``not_run`` in the JSON, with the error); nothing is dropped silently. tiny15 has random
+weights: its numbers show that the path runs, not how good a cache is.
 
 Our FeatureCache and a diffusers or cache-dit cache are never active together: theirs run with our cache
 installed in mode ``none`` (it only counts and times transformer calls) and are disabled before one of

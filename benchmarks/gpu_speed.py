@@ -1,9 +1,10 @@
 """Real-size speed of HunyuanVideo's transformer with HyCa / TaylorSeer caching, and of the VAE decode, on a GPU.
 
-    python benchmarks/gpu_speed.py [--sizes 544x960x129 720x1280x129] [--modes none taylorseer hyca]
-        [--steps 50] [--loop real|prefix] [--sp 1 2 4 8] [--max-memory-gb G] [--time-budget-s S]
-        [--json benchmarks/results/gpu_speed.json] [--results-md benchmarks/RESULTS.md]
+    python benchmarks/gpu_speed.py [--family hunyuanvideo|hunyuanvideo15] [--sizes 544x960x129 720x1280x129]
+        [--modes none taylorseer hyca] [--steps 50] [--loop real|prefix] [--sp 1 2 4 8] [--max-memory-gb G]
+        [--time-budget-s S] [--json benchmarks/results/gpu_speed.json] [--results-md benchmarks/RESULTS.md]
     python benchmarks/gpu_speed.py --scaled-down      # the same code path on CPU with the tiny config, seconds
+    python benchmarks/gpu_speed.py --family hunyuanvideo15 [--scaled-down]   # HunyuanVideo 1.5 (tiny15 scaled down)
 
 What runs: diffusers' HunyuanVideoTransformer3DModel with the real HunyuanVideo configuration (12.8 B
 parameters; hunyuanvideo-community/HunyuanVideo's transformer config) built on the meta device and
@@ -57,6 +58,23 @@ Writes JSON (``--json``) after every configuration (a run cut short keeps what i
 dated markdown table with the device name to ``--results-md``. Numbers are what one run measured; no test
 asserts a timing.
 
+``--family hunyuanvideo15``: HunyuanVideo 1.5 instead, the same measurements on diffusers'
+HunyuanVideo15Transformer3DModel in its real configuration (8.3 B parameters: 54 dual-stream blocks, the 480p
+text-to-video checkpoint's config, ``hyca_batch.models.hunyuanvideo15``) and AutoencoderKLHunyuanVideo15 (16x
+spatial, 4x temporal compression), random weights, through the family adapter's denoising loop
+(``hyca_batch.models.adapters``: HunyuanVideo15Pipeline, shift 5, classifier-free guidance 6.0); ``--scaled-down``
+builds the ``tiny15`` configuration instead (CPU, seconds). Its inputs are what its pipeline would encode: Qwen2.5-VL
+embeddings padded to ``--text-tokens`` (default 1000, the pipeline's) of which ``--text-valid`` are unmasked, ByT5
+embeddings padded to 256 (zeros, all masked: a prompt without quoted text), and the same for the empty negative
+prompt (6 unmasked Qwen tokens); the pipeline adds 729 image positions (zeros, masked: text-to-video), so every block
+sees 1985 text positions. Default sizes 480x848x121 and 720x1280x121 (the model card's). Real classifier-free
+guidance runs two transformer passes per step (the cache contexts ``pred_cond`` and ``pred_uncond``, each with its
+own cache history): pass counts, the predicted and held cache history (one per context), the derived loop and the
+time budget use the passes the cache counted per step, and a forecast's history depth counts its own context's full
+passes. HyCa is calibrated on the conditional pass. The report says which family (title, JSON ``family``); the
+default JSON is ``gpu_speed_hunyuanvideo15[_scaled_down].json``. The pipeline takes no step callback, so a derived
+loop's early stop is a transformer pre-hook that raises the pipeline's interrupt during the last wanted step.
+
 The parts live in ``benchmarks/lib/gpu_speed/`` (its ``__init__`` lists them); this script is their entry point.
 """
 
@@ -72,13 +90,19 @@ if str(ROOT) not in sys.path:  # run from a bare checkout (the GPU machine) with
 
 from benchmarks.lib.gpu_speed.benchmark import run_benchmark  # noqa: E402
 from benchmarks.lib.gpu_speed.cli import parse_args  # noqa: E402
-from benchmarks.lib.gpu_speed.model import REAL_TRANSFORMER, meta_transformer, parameter_count  # noqa: E402
+from benchmarks.lib.gpu_speed.model import (  # noqa: E402
+    REAL_TRANSFORMER,
+    REAL_TRANSFORMER_15,
+    meta_transformer,
+    parameter_count,
+)
 from benchmarks.lib.gpu_speed.report import append_markdown, markdown  # noqa: E402
 from benchmarks.lib.gpu_speed.schedule import depths, prefix_steps, schedule, video_tokens  # noqa: E402
 
 # tests/test_gpu_speed.py loads this script by path and uses these of its parts through it.
 __all__ = [
     "REAL_TRANSFORMER",
+    "REAL_TRANSFORMER_15",
     "depths",
     "main",
     "meta_transformer",

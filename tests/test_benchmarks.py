@@ -1,4 +1,5 @@
-"""Smoke test of benchmarks/cache_quality.py --quick: every method at every quick interval, numbers that add up.
+"""Smoke test of benchmarks/cache_quality.py --quick: every method at every quick interval, numbers that add up; and
+a smaller run on the tiny HunyuanVideo 1.5 (tiny15: classifier-free guidance, peers that may not apply).
 
 Nothing here asserts a timing (a CPU shared with other work makes any wall-clock threshold flaky); it checks
 the schedule (pass counts and FLOPs ratios follow from N and the step count), that every cache really
@@ -127,6 +128,68 @@ def test_cache_quality_quick(quick):
     assert "latent rel L2" in lines[header] and "FLOPs x" in lines[header]
     for n in QUICK_INTERVALS:
         assert any(line.startswith(f"N={n}: lowest latent rel L2: ") for line in lines)
+
+
+@pytest.mark.timeout(300)
+def test_cache_quality_tiny15(tmp_path):
+    """The tiny HunyuanVideo 1.5 (random weights; the numbers only show the path runs): calibration, hyca, a uniform
+    baseline and diffusers' TaylorSeer under classifier-free guidance (two passes per step), and FirstBlockCache
+    either run or listed as not run with its reason, never dropped."""
+    steps, n = 4, 3
+    out = tmp_path / "cache_quality_tiny15.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--model",
+            "tiny15",
+            "--threads",
+            "1",
+            "--steps",
+            str(steps),
+            "--intervals",
+            str(n),
+            "--repeats",
+            "1",
+            "--prompts",
+            "a red circle moving left on a black background",
+            "--calibration-prompts",
+            "a blue circle moving right on a gray background",
+            "--fbc-thresholds",
+            "0.1",
+            "--hyca-fractions",
+            "",
+            "--no-cache-dit",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert proc.returncode == 0, f"benchmark failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    result = json.loads(out.read_text())
+    assert result["model"] == "tiny15" and result["family"] == "hunyuanvideo15"
+    assert result["passes_per_step"] == 2 and result["steps"] == steps
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    rows = {(r["method"], r["interval"]): r for r in result["rows"]}
+    listed = {m for entry in result["not_run"] for m in entry["methods"]}
+    for entry in result["not_run"]:
+        assert entry["reason"] and f"NOT RUN on tiny15: {', '.join(entry['methods'])}" in proc.stdout
+    # Every requested method ran or says why not.
+    assert ("diffusers-fbc-0.1", None) in rows or "diffusers-fbc-0.1 N=-" in listed
+    full = 2 * math.ceil(steps / n)  # steps 0 and 3, in both passes
+    for m in ("hyca", "fora", "taylorseer-o2"):
+        row = rows[(m, n)]
+        assert row["deterministic"] and row["transformer_passes"] == 2 * steps
+        assert row["full_passes"] == full and row["block_compute_fraction"] == pytest.approx(full / (2 * steps))
+        assert row["block_compute_fraction"] < 1
+        assert row["psnr"] is not None and math.isfinite(row["psnr"]) and math.isfinite(row["latent_rel_l2"])
+    assert rows[("hyca", n)]["solver_map_id"] == result["calibration"]["maps"]["hyca"][str(n)]["solver_map_id"]
+    ts = rows[("diffusers-taylorseer-o1", n)]  # its state is per cache context: each pass on its own schedule
+    assert ts["full_passes"] == ts["expected_full_passes"] == 2 * 2 and ts["block_compute_fraction"] < 1
+    assert "family hunyuanvideo15: 2 transformer passes per step" in proc.stdout
 
 
 @pytest.mark.timeout(300)

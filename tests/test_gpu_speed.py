@@ -133,3 +133,55 @@ def test_each_run_appends_a_dated_table(runs):
     assert text.count("| size | cache | N |") == 2
     assert re.search(r"^\| 96x96x17 \| taylorseer \| 5 \| block \| oom \|", text, flags=re.M)
     assert re.search(r"^\| 64x64x9 \| hyca \| 6 \| block \| ok \|.*\| 9 / 41 \|", text, flags=re.M)
+
+
+def test_hunyuanvideo15_real_config_on_meta():
+    model = gpu_speed.meta_transformer(family="hunyuanvideo15")
+    assert type(model).__name__ == "HunyuanVideo15Transformer3DModel"
+    assert 8.3e9 < gpu_speed.parameter_count(model) < 8.4e9  # HunyuanVideo 1.5's 8.3B transformer
+    assert model.config.num_layers == 54 and not hasattr(model, "single_transformer_blocks")
+    # 16x spatial VAE, patch 1: 720p x 121 frames is 31 x 45 x 80 tokens
+    assert gpu_speed.video_tokens((720, 1280, 121), gpu_speed.REAL_TRANSFORMER_15, 16, 4) == 31 * 45 * 80
+
+
+def test_scaled_down_hunyuanvideo15(tmp_path, capsys):
+    """--family hunyuanvideo15 --scaled-down: tiny15's 3 dual-stream blocks, classifier-free guidance (two passes
+    per step, each context with its own history), the cached/uncached ratio in the JSON and the table."""
+    steps = 8
+    md = tmp_path / "RESULTS.md"
+    argv = [
+        "--scaled-down",
+        "--family",
+        "hunyuanvideo15",
+        "--steps",
+        str(steps),
+        "--sizes",
+        "64x64x9",
+        "--threads",
+        "1",
+    ]
+    result = gpu_speed.main([*argv, "--json", str(tmp_path / "v15.json"), "--results-md", str(md)])
+    out = capsys.readouterr().out
+    assert result["family"] == "hunyuanvideo15" and result["model"]["configuration"] == "tiny15"
+    assert json.loads((tmp_path / "v15.json").read_text())["family"] == "hunyuanvideo15"
+    assert result["block_text_tokens"] == 16 + 256 + 729
+    assert out.startswith("gpu_speed: HunyuanVideo 1.5 (hunyuanvideo15), cpu")
+    rows = {r["mode"]: r for r in result["rows"]}
+    assert set(rows) == {"none", "taylorseer", "hyca"}
+    for mode, r in rows.items():
+        assert r["status"] == "ok" and r["finite"] and r["loop"] == "measured"
+        assert r["passes_per_step"] == 2  # conditional and unconditional
+        full = gpu_speed.schedule(steps, mode, r["interval"] or 1)
+        assert (r["full_passes"], r["skipped_passes"]) == (2 * sum(full), 2 * (steps - sum(full)))
+        assert (r["schedule_full_passes"], r["schedule_skipped_passes"]) == (r["full_passes"], r["skipped_passes"])
+        assert r["attention_calls_per_full_pass"] == 3 and r["attention_calls_in_skipped_passes"] == 0
+        assert r["speedup_measured"] > 0 and r["speedup_derived"] > 0  # the cached / uncached ratio
+        if mode != "none":  # both contexts' histories, as predicted (taylorseer fills 2 of its 3 slots in 8 steps)
+            slots = r["history_slots"]
+            assert r["cache_bytes"] == r["predicted_cache_bytes"] * min(sum(full), slots) // slots > 0
+    assert result["calibration"]["block"]["solver_map_id"] == rows["hyca"]["solver_map_id"]
+    assert result["vae"][0]["status"] == "ok" and result["vae"][0]["output_shape"] == [1, 3, 9, 64, 64]
+    text = md.read_text()
+    assert re.search(r"^## .+ - cpu .+ - HunyuanVideo 1\.5 \(hunyuanvideo15\) \(scaled-down .+tiny15", text, re.M)
+    assert "2 transformer passes per step" in text and f"({steps} steps x 2 passes)" in text
+    assert re.search(r"^\| 64x64x9 \| hyca \| 6 \| block \| ok \|.*\| 4 / 12 \|.*\| [\d.]+x \|", text, flags=re.M)

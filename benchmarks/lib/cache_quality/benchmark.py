@@ -1,6 +1,11 @@
 """The whole comparison: a HyCa solver map per (variant, N) from one probe recording of the calibration prompts,
 the uncached reference of every prompt, every method on every prompt against it, and one summary row (means over
-the prompts) per method, with the share of block sub-computations (attention, MLP) it really ran."""
+the prompts) per method, with the share of block sub-computations (attention, MLP) it really ran.
+
+Transformer passes per step come from the uncached reference's count (2 under HunyuanVideo 1.5's classifier-free
+guidance); every pass count and expected schedule is per step times that. A peer (diffusers' caches, cache-dit) is
+first enabled and disabled once on the loaded model: one that cannot be enabled there, or that fails while running,
+is listed as not run, with why, on stderr, in the table and in the JSON (``not_run``)."""
 
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ from benchmarks.lib.tables import mean
 
 CALIBRATION_SEED = 4242
 #: Steps when --steps is not given, per model preset; other models use their own default.
-DEFAULT_STEPS = {"tiny": 24, "mini": 24}
+DEFAULT_STEPS = {"tiny": 24, "mini": 24, "tiny15": 24}
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -48,6 +53,19 @@ def our_schedule(steps: int, interval: int) -> list[int]:
     from hyca_batch.config import CacheConfig
 
     return [int(full) for full in schedule_full_steps(steps, interval, CacheConfig().warmup)]
+
+
+def peer_name(method: Method) -> str | None:
+    """Which outside cache a method runs (None: ours): what is checked once for whether it runs on the model."""
+    if method.family == "hyca_batch":
+        return None
+    if method.family == "cache-dit":
+        return "cache-dit DBCache"
+    return f"diffusers {method.params['cache']}"
+
+
+def method_label(method: Method) -> str:
+    return f"{method.name} N={method.interval if method.interval is not None else '-'}"
 
 
 def run_benchmark(args: argparse.Namespace) -> dict:
@@ -189,7 +207,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         return activate
 
     bench = Bench(model)
+    family = bench.family.name
     bench_subcalls = bench.block_counter.per_pass
+    not_run: list[dict[str, Any]] = []  # peers that do not run on this model: which methods, and why
     total = len(requests) * (1 + len(methods) * (1 + args.repeats))
     progress = tqdm(total=total, desc="generating", unit="video", file=sys.stderr, disable=not sys.stderr.isatty())
     tick = lambda: progress.update(1)  # noqa: E731
@@ -201,17 +221,51 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         for i, r in enumerate(requests):
             ref = bench.once(r, count_flops=i == 0)
             tick()
-            if ref.passes != steps or ref.tail_computes != steps:
+            # Passes per step as the cache counted them: 1, or 2 under classifier-free guidance (cond, uncond).
+            per_step = ref.passes // steps
+            if per_step < 1 or ref.passes != per_step * steps or ref.tail_computes != ref.passes:
                 raise RuntimeError(
-                    f"uncached run of {r.prompt!r} made {ref.passes} transformer passes, expected {steps}"
+                    f"uncached run of {r.prompt!r} made {ref.passes} transformer passes (the last block ran in "
+                    f"{ref.tail_computes}), expected the same whole number in each of {steps} steps"
                 )
-            if any(count != steps for count in ref.block_computes.values()):
+            if references and per_step != bench.passes_per_step:
+                raise RuntimeError(
+                    f"uncached run of {r.prompt!r}: {per_step} passes per step, not {bench.passes_per_step}"
+                )
+            bench.passes_per_step = per_step
+            if any(count != ref.passes for count in ref.block_computes.values()):
                 raise RuntimeError(f"uncached run of {r.prompt!r}: block sub-computations {ref.block_computes}")
             references.append(ref)
         reference_flops = references[0].transformer_flops
+        passes_per_step = bench.passes_per_step
+        if passes_per_step > 1:
+            log(f"{spec.name} ({family}): {passes_per_step} transformer passes per step (classifier-free guidance)")
+
+        # Each peer once: enabled and disabled again on this model, nothing run. One that cannot be is not run.
+        unsupported: dict[str, str] = {}
+        checked: set[str] = set()
+        for method in methods:
+            peer = peer_name(method)
+            if peer is None or peer in checked:
+                continue
+            checked.add(peer)
+            reason = bench.trial(activator(method))
+            if reason is None:
+                continue
+            if "not registered" in reason:
+                reason += " (its block class is not in diffusers' TransformerBlockRegistry, which this hook needs)"
+            unsupported[peer] = f"{peer} cannot be enabled on {type(bench.transformer).__name__}: {reason}"
+        not_run = [
+            {"peer": peer, "methods": [method_label(m) for m in methods if peer_name(m) == peer], "reason": reason}
+            for peer, reason in unsupported.items()
+        ]
+        for entry in not_run:
+            log(f"NOT RUN on {spec.name} ({family}): {', '.join(entry['methods'])}: {entry['reason']}")
 
         for k, method in enumerate(methods, 1):
-            label = f"{method.name} N={method.interval if method.interval is not None else '-'}"
+            label = method_label(method)
+            if peer_name(method) in unsupported:
+                continue
             progress.set_postfix_str(label)
             activate = activator(method)
             per_prompt = []
@@ -221,9 +275,18 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                     # adaptive cache skips differently per prompt, so it is counted on every one.
                     count = i == 0 or method.interval is None
                     per_prompt.append((r, ref, bench.measure(r, ref, activate, args.repeats, count, tick)))
+            except Exception as error:
+                if method.family == "hyca_batch":
+                    raise
+                reason = f"{peer_name(method)} failed while running: {type(error).__name__}: {error}"
+                not_run.append({"peer": peer_name(method), "methods": [label], "reason": reason})
+                log(f"NOT RUN on {spec.name} ({family}): {label}: {reason}")
+                continue
             finally:
                 bench.disable_peers()
-            row = summarize(method, per_prompt, steps, solver_maps, reference_flops, psnr, ssim, relative_l2)
+            row = summarize(
+                method, per_prompt, steps, solver_maps, reference_flops, psnr, ssim, relative_l2, passes_per_step
+            )
             rows.append(row)
             tqdm.write(
                 f"[{k}/{len(methods)}] {label}: full {row['full_passes']:g}, "
@@ -254,6 +317,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "benchmark": "cache_quality",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "model": spec.name,
+        "family": family,
+        # Transformer passes per denoising step (the uncached reference's count): 2 under classifier-free guidance,
+        # whose conditional and unconditional passes every count below includes.
+        "passes_per_step": passes_per_step,
         "device": device,
         "device_name": torch.cuda.get_device_name(model.device)
         if model.device.type == "cuda"
@@ -285,7 +352,11 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         # Per transformer pass: each block's attention and MLP (measure.BlockComputeCounter).
         "block_subcalls_per_pass": bench_subcalls,
         "cache_dit": {
-            **peers.settings(),
+            **(
+                peers.settings("dual-stream", separate_cfg=passes_per_step > 1)
+                if family != "hunyuanvideo"
+                else peers.settings()
+            ),
             "calibrators": cache_dit_calibrators,
             "thresholds": list(args.cache_dit_thresholds) if cache_dit_calibrators else [],
         }
@@ -293,11 +364,23 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         else None,
         "reference": reference_info,
         "rows": rows,
+        # Methods that did not run on this model, per peer, and why (none on HunyuanVideo 1.0).
+        "not_run": not_run,
         "wall_s": round(time.perf_counter() - started, 1),
     }
 
 
-def summarize(method: Method, per_prompt, steps: int, solver_maps, reference_flops, psnr, ssim, relative_l2) -> dict:
+def summarize(
+    method: Method,
+    per_prompt,
+    steps: int,
+    solver_maps,
+    reference_flops,
+    psnr,
+    ssim,
+    relative_l2,
+    passes_per_step: int = 1,
+) -> dict:
     items = []
     for request, ref, run in per_prompt:
         if method.family == "hyca_batch":
@@ -361,7 +444,8 @@ def summarize(method: Method, per_prompt, steps: int, solver_maps, reference_flo
     if method.params.get("mode") == "hyca":
         row["solver_map_id"] = solver_maps[(method.name, method.interval)].id
     if method.params.get("cache") == "TaylorSeerCacheConfig":
-        row["expected_full_passes"] = diffusers_taylorseer_expected_refreshes(
+        # Its state is per cache context: each pass of a step (cond, uncond) refreshes on its own schedule.
+        row["expected_full_passes"] = passes_per_step * diffusers_taylorseer_expected_refreshes(
             steps, method.interval, DIFFUSERS_TAYLORSEER_WARMUP
         )
         if row["full_passes"] != row["expected_full_passes"]:
@@ -370,7 +454,7 @@ def summarize(method: Method, per_prompt, steps: int, solver_maps, reference_flo
                 f"diffusers' schedule says {row['expected_full_passes']}: is the cache engaged?"
             )
     if method.family == "cache-dit" and method.interval is not None:
-        row["expected_full_passes"] = sum(our_schedule(steps, method.interval))
+        row["expected_full_passes"] = passes_per_step * sum(our_schedule(steps, method.interval))
         if row["full_passes"] != row["expected_full_passes"]:
             log(
                 f"WARNING: {method.name} N={method.interval}: the last block ran in {row['full_passes']} passes, "

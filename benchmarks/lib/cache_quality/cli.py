@@ -67,7 +67,8 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
     parser.add_argument(
         "--model",
         default="mini",
-        help="preset, local diffusers directory or hub id (default mini, the trained miniature)",
+        help="preset, local diffusers directory or hub id (default mini, the trained miniature; tiny15: the tiny "
+        "HunyuanVideo 1.5, random weights, classifier-free guidance)",
     )
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument(
@@ -77,7 +78,10 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
         help="torch CPU threads (default on CPU: 1, whose timings stay steady on a shared machine; 0: torch's own)",
     )
     parser.add_argument(
-        "--steps", type=int, default=None, help="denoising steps (default 24 for tiny and mini, else the model's)"
+        "--steps",
+        type=int,
+        default=None,
+        help="denoising steps (default 24 for tiny, tiny15 and mini, else the model's)",
     )
     parser.add_argument("--height", type=int, default=None, help="default: the model's")
     parser.add_argument("--width", type=int, default=None, help="default: the model's")

@@ -1,12 +1,18 @@
 """Runs on one loaded model with at most one cache active at a time: what each run computed (transformer passes,
 the passes where the first attention or the last block really ran, the block sub-computations that ran, FLOPs),
-and timings paired with uncached runs so that a machine whose load changes still gives honest ratios."""
+and timings paired with uncached runs so that a machine whose load changes still gives honest ratios.
+
+Which blocks there are, in which order and of which kind comes from the model family's adapter
+(``hyca_batch.models.adapters``). Every count is over every transformer pass: under classifier-free guidance
+(HunyuanVideo 1.5) a step's conditional and unconditional pass both count."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from hyca_batch.models.adapters import family_of
 
 #: Timing: at most this many extra (uncached, cached) pairs while a side's two best times differ by > STABLE x.
 EXTRA_PAIRS = 3
@@ -49,23 +55,31 @@ class CallCounter:
         self.handle.remove()
 
 
+#: Per block kind (``adapters.DualStreamBlock.name`` and ``SingleStreamBlock.name``): the submodule that is its MLP.
+MLP_MODULE = {"double": "ff", "single": "proj_mlp"}
+
+
+def tail_module(transformer):
+    """A module of the last block that runs only when that block computes: the last output a full step of its kind
+    captures (a single-stream block's ``proj_out``, a dual-stream block's ``ff_context``)."""
+    kind, _, block = list(family_of(transformer).block_lists(transformer))[-1]
+    return list(kind.captured(block).values())[-1]
+
+
 class BlockComputeCounter:
     """Counts the block sub-computations that really ran: per block, its attention and its MLP.
 
-    Double-stream blocks: ``attn.to_q`` and ``ff``; single-stream: ``attn.to_q`` and ``proj_mlp``. A cache that
-    skips a block replaces the block's forward (ours, diffusers' and cache-dit's hooks alike), so a hook on the
-    block would fire anyway; these inner modules run only when the block (or, for diffusers' TaylorSeer, which
-    forecasts only attention, that part of it) really computes.
+    Every block of the family's adapter, in run order: ``attn.to_q``, and ``ff`` for dual-stream (double) blocks or
+    ``proj_mlp`` for single-stream ones. A cache that skips a block replaces the block's forward (ours, diffusers'
+    and cache-dit's hooks alike), so a hook on the block would fire anyway; these inner modules run only when the
+    block (or, for diffusers' TaylorSeer, which forecasts only attention, that part of it) really computes.
     """
 
     def __init__(self, transformer) -> None:
         self.counters: dict[str, CallCounter] = {}
-        for i, block in enumerate(transformer.transformer_blocks):
-            self.counters[f"double.{i}.attn"] = CallCounter(block.attn.to_q)
-            self.counters[f"double.{i}.mlp"] = CallCounter(block.ff)
-        for i, block in enumerate(transformer.single_transformer_blocks):
-            self.counters[f"single.{i}.attn"] = CallCounter(block.attn.to_q)
-            self.counters[f"single.{i}.mlp"] = CallCounter(block.proj_mlp)
+        for kind, i, block in family_of(transformer).block_lists(transformer):
+            self.counters[f"{kind.name}.{i}.attn"] = CallCounter(block.attn.to_q)
+            self.counters[f"{kind.name}.{i}.mlp"] = CallCounter(getattr(block, MLP_MODULE[kind.name]))
 
     @property
     def per_pass(self) -> int:
@@ -91,8 +105,8 @@ class Run:
     denoise_s: float
     passes: int  # transformer calls (our step hook)
     full: int  # ours: the cache's full count; -1 in mode none
-    attn_computes: int  # passes where the first double block's attention ran
-    tail_computes: int  # passes where the last single block ran
+    attn_computes: int  # passes where the first block's attention ran
+    tail_computes: int  # passes where the last block ran
     block_computes: dict[str, int] = field(default_factory=dict)  # BlockComputeCounter.counts()
     transformer_flops: int | None = None
     deterministic: bool = True
@@ -110,10 +124,13 @@ class Bench:
         self.transformer = model.pipeline.transformer
         self.generator: VideoGenerator | None = None
         self.extra_pairs = 0  # timed pairs added because the timings disagreed (a noisy machine)
-        self.attn_counter = CallCounter(self.transformer.transformer_blocks[0].attn.to_q)
-        self.tail_counter = CallCounter(self.transformer.single_transformer_blocks[-1].proj_out)
+        self.family = family_of(self.transformer)
+        self.attn_counter = CallCounter(self.family.first_block(self.transformer).attn.to_q)
+        self.tail_counter = CallCounter(tail_module(self.transformer))
         self.block_counter = BlockComputeCounter(self.transformer)
         self.cache_dit = None  # peers.CacheDit, made on first use (cache-dit is optional)
+        # Transformer passes per step (2 under classifier-free guidance): set from the uncached reference's count.
+        self.passes_per_step = 1
 
     # -- installing and removing caches (never two at once) -----------------------------------------------
 
@@ -158,14 +175,15 @@ class Bench:
 
     def enable_cache_dit(self, steps: int, calibrator: str, mask=None, threshold: float | None = None) -> None:
         """cache-dit's DBCache (``peers.CacheDit.enable``), over our cache in mode none (the pass counter):
-        enabled after it and disabled before it is removed, so that each restores what the other saw."""
+        enabled after it and disabled before it is removed, so that each restores what the other saw. With more
+        than one pass per step (classifier-free guidance) its separate-CFG mode caches the two passes apart."""
         from benchmarks.lib.cache_quality.peers import CacheDit
 
         self.disable_peers()
         self._counter_only()
         if self.cache_dit is None:
             self.cache_dit = CacheDit(self.model.pipeline)
-        self.cache_dit.enable(steps, calibrator, mask=mask, threshold=threshold)
+        self.cache_dit.enable(steps, calibrator, mask=mask, threshold=threshold, separate_cfg=self.passes_per_step > 1)
 
     def disable_cache_dit(self) -> None:
         if self.cache_dit is not None:
@@ -179,6 +197,35 @@ class Bench:
     def activate_reference(self) -> None:
         self.disable_peers()
         self._counter_only()
+
+    def trial(self, activate: Callable[[], None]) -> str | None:
+        """Enable a peer's cache and disable it again, running nothing: None when that works, else why not (the
+        error). Whatever hooks a failed enable left on the transformer's modules are removed again."""
+        from diffusers.hooks import HookRegistry
+
+        def hooks() -> dict[str, set[str]]:
+            return {
+                name: set(m._diffusers_hook.hooks)
+                for name, m in self.transformer.named_modules()
+                if getattr(m, "_diffusers_hook", None) is not None
+            }
+
+        before = hooks()
+        try:
+            activate()
+        except Exception as error:  # noqa: BLE001 -- any failure means: this peer does not run on this model
+            reason = f"{type(error).__name__}: {error}"
+            try:
+                self.disable_peers()
+            except Exception as cleanup:  # noqa: BLE001
+                reason += f" (and disabling it failed: {cleanup})"
+            modules = dict(self.transformer.named_modules())
+            for name, names in hooks().items():
+                for hook in names - before.get(name, set()):
+                    HookRegistry.check_if_exists_or_initialize(modules[name]).remove_hook(hook, recurse=False)
+            return reason
+        self.disable_peers()
+        return None
 
     def close(self) -> None:
         self.disable_peers()

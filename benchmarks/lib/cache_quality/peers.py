@@ -6,13 +6,19 @@ It is imported here only, never by ``hyca_batch``.
 
 How it is configured, and why:
 
-- One DBCache context over all the transformer's blocks. cache-dit's own adapter for HunyuanVideo 1.0 gives
-  the double-stream and the single-stream block lists a context each, and each context computes its own first
-  ``Fn`` blocks at every step; with the mini model's 1 double + 2 single blocks that would leave one block of
-  three to cache. A ``BlockAdapter`` over one ``ModuleList`` of every block, in the transformer's order (the
-  single-stream list patched to an empty one while the transformer runs: cache-dit's ``dummy_blocks_names``),
-  makes one decision per step for the whole stack, as our cache and diffusers' FirstBlockCache do. Both block
-  kinds take the same positional arguments and return ``(hidden, context)``: cache-dit's ``Pattern_0``.
+- One DBCache context over all the transformer's blocks (the model family's adapter lists them, in run order).
+  cache-dit's own adapter for HunyuanVideo 1.0 gives the double-stream and the single-stream block lists a context
+  each, and each context computes its own first ``Fn`` blocks at every step; with the mini model's 1 double + 2
+  single blocks that would leave one block of three to cache. A ``BlockAdapter`` over one ``ModuleList`` of every
+  block, in the transformer's order (the lists after the first patched to empty ones while the transformer runs:
+  cache-dit's ``dummy_blocks_names``), makes one decision per step for the whole stack, as our cache and diffusers'
+  FirstBlockCache do. Both block kinds take the same positional arguments and return ``(hidden, context)``:
+  cache-dit's ``Pattern_0``. HunyuanVideo 1.5 has one list of dual-stream blocks, which is what cache-dit's own
+  adapter for it takes too.
+- Classifier-free guidance as separate passes (HunyuanVideo 1.5: conditional then unconditional at every step):
+  ``enable_separate_cfg=True``, as cache-dit's own HunyuanVideo 1.5 adapter sets it; it then counts a step per two
+  transformer calls and keeps the unconditional pass's residuals and calibrator apart. HunyuanVideo 1.0 embeds its
+  guidance (one pass per step): False.
 - ``Fn_compute_blocks=1``, ``Bn_compute_blocks=0``: DBCache always computes its first ``Fn`` blocks (their
   output residual is what its dynamic mode compares, and what the cached residual of the rest is added to);
   1 is the fewest it takes, so on a cached step it computes 1 block of 3 (the double-stream one), and the
@@ -69,10 +75,11 @@ def method_name(calibrator: str, threshold: float | None = None) -> str:
     return name if threshold is None else f"{name}-r{threshold:g}"
 
 
-def settings() -> dict[str, Any]:
-    """What every cache-dit method shares, for the JSON."""
+def settings(blocks: str = "double- then single-stream", separate_cfg: bool = False) -> dict[str, Any]:
+    """What every cache-dit method shares, for the JSON: ``blocks`` says what the one context covers."""
     return {
-        "adapter": "one DBCache context over all blocks (double- then single-stream)",
+        "adapter": f"one DBCache context over all blocks ({blocks})",
+        **({"enable_separate_cfg": True} if separate_cfg else {}),
         "Fn_compute_blocks": FN_COMPUTE_BLOCKS,
         "Bn_compute_blocks": BN_COMPUTE_BLOCKS,
         "fixed_schedule": {"steps_computation_policy": "static", "max_warmup_steps": 0},
@@ -95,14 +102,15 @@ def _calibrator_config(name: str):
     raise ValueError(f"unknown cache-dit calibrator {name!r}; known: {', '.join(CACHE_DIT_CALIBRATORS)}")
 
 
-def _cache_config(steps: int, mask: Sequence[int] | None, threshold: float | None):
+def _cache_config(steps: int, mask: Sequence[int] | None, threshold: float | None, separate_cfg: bool = False):
     from cache_dit import DBCacheConfig
 
     common = dict(
         Fn_compute_blocks=FN_COMPUTE_BLOCKS,
         Bn_compute_blocks=BN_COMPUTE_BLOCKS,
         num_inference_steps=steps,
-        enable_separate_cfg=False,  # HunyuanVideo 1.0: one transformer pass per step (embedded guidance)
+        # HunyuanVideo 1.0: one transformer pass per step (embedded guidance); 1.5: cond and uncond passes
+        enable_separate_cfg=separate_cfg,
     )
     if mask is not None:
         return DBCacheConfig(
@@ -152,11 +160,21 @@ class CacheDit:
             "transformer modules": _module_state(self.transformer),
         }
 
-    def enable(self, steps: int, calibrator: str, mask: Sequence[int] | None = None, threshold: float | None = None):
-        """DBCache on the whole block stack: a fixed ``mask`` (1: compute) or a dynamic ``threshold``."""
+    def enable(
+        self,
+        steps: int,
+        calibrator: str,
+        mask: Sequence[int] | None = None,
+        threshold: float | None = None,
+        separate_cfg: bool = False,
+    ):
+        """DBCache on the whole block stack: a fixed ``mask`` (1: compute) or a dynamic ``threshold``;
+        ``separate_cfg`` when every step runs a conditional and an unconditional pass."""
         import cache_dit
         import torch
         from cache_dit import BlockAdapter, ForwardPattern
+
+        from hyca_batch.models.adapters import family_of
 
         if (mask is None) == (threshold is None):
             raise ValueError("give a steps mask or a residual threshold, not both or neither")
@@ -169,12 +187,14 @@ class CacheDit:
         self._children = {name: list(m._modules) for name, m in tr.named_modules()}
         self._had_forward = "forward" in vars(tr)
         self._saved_forward = vars(tr).get("forward")
+        family = family_of(tr)
+        lists = [attribute for attribute, _ in family.blocks]  # the block lists, in run order
         self.adapter = BlockAdapter(
             pipe=self.pipeline,
             transformer=tr,
-            blocks=torch.nn.ModuleList([*tr.transformer_blocks, *tr.single_transformer_blocks]),
-            blocks_name="transformer_blocks",
-            dummy_blocks_names=["single_transformer_blocks"],
+            blocks=torch.nn.ModuleList([block for _, _, block in family.block_lists(tr)]),
+            blocks_name=lists[0],
+            dummy_blocks_names=lists[1:],
             forward_pattern=ForwardPattern.Pattern_0,
             check_forward_pattern=True,
             check_num_outputs=False,  # diffusers' return annotations do not count outputs the way it expects
@@ -182,7 +202,7 @@ class CacheDit:
         try:
             cache_dit.enable_cache(
                 self.adapter,
-                cache_config=_cache_config(steps, mask, threshold),
+                cache_config=_cache_config(steps, mask, threshold, separate_cfg),
                 calibrator_config=_calibrator_config(calibrator),
             )
         except BaseException as error:

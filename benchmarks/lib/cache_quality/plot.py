@@ -164,6 +164,8 @@ def write_plot(result: dict, path: Path) -> Path:
         )
     if left_out:
         notes.append("not drawn, identical to uncached: " + ", ".join(sorted({r["method"] for r in left_out})))
+    for entry in result.get("not_run") or []:  # peers that cannot run on this model (the JSON says why)
+        notes.append(f"not run on {result['model']}: {entry['peer']}")
     if notes:
         fig.text(0.01, -0.01, "; ".join(notes), fontsize=8, ha="left", va="top")
     path.parent.mkdir(parents=True, exist_ok=True)

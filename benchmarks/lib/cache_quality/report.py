@@ -1,5 +1,5 @@
 """What the benchmark writes: progress on stderr, the text table (one block of rows per N, the winners per N, the
-solver maps) on stdout."""
+solver maps, and the peers that did not run on the model, with why) on stdout."""
 
 from __future__ import annotations
 
@@ -30,6 +30,12 @@ def format_report(result: dict) -> str:
         + ", ".join(f"{r['slowest_over_best']:.1f}x" for r in result["reference"])
         + ")",
     ]
+    if result.get("family", "hunyuanvideo") != "hunyuanvideo" or result.get("passes_per_step", 1) > 1:
+        lines.append(
+            f"family {result['family']}: {result['passes_per_step']} transformer passes per step "
+            + ("(classifier-free guidance: conditional and unconditional); " if result["passes_per_step"] > 1 else "")
+            + "full, blocks and FLOPs count every pass"
+        )
     cache_dit = result.get("cache_dit")
     if cache_dit:
         lines.append(
@@ -63,6 +69,8 @@ def format_report(result: dict) -> str:
         )
     lines.append("")
     lines += winners(result["rows"])
+    for entry in result.get("not_run") or []:
+        lines.append(f"NOT RUN on {result['model']}: {', '.join(entry['methods'])}: {entry['reason']}")
     calibration = result["calibration"]
     if calibration["maps"]:
         lines.append("")

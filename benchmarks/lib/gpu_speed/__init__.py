@@ -1,7 +1,8 @@
 """The parts of ``benchmarks/gpu_speed.py`` (its docstring says what it measures and how), in the order a run uses them.
 
 - ``cli``: the command line and its defaults (sizes, modes, loop, memory cap, time budget, outputs).
-- ``model``: the random-weight HunyuanVideo transformer and VAE (real or ``tiny`` configuration) and the text inputs.
+- ``model``: the random-weight transformer and VAE of a family (HunyuanVideo: real or ``tiny``; HunyuanVideo 1.5:
+  real or ``tiny15``), its text inputs, and its denoising loop (the 1.5 one through the family adapter).
 - ``schedule``: a size's name and video tokens, the cache's full/skipped steps, the prefix a derived loop runs.
 - ``device``: synchronization, peak and held memory, the memory cap (real on CUDA, simulated on a CPU).
 - ``environment``: versions, the device, flash-attn, and which SDPA kernel the blocks' attention really ran.

@@ -1,6 +1,6 @@
 """The whole run, into one result: every size and cache mode (a mode that is oom at block granularity again at
 stack granularity), the VAE decode per size, then the sp degrees; within the time budget, the JSON rewritten as it
-goes."""
+goes. The family (--family) decides the model, its inputs and its loop (``model``); the rest is the same code."""
 
 from __future__ import annotations
 
@@ -16,7 +16,12 @@ from benchmarks.lib.gpu_speed.device import cap_memory, free_memory, sync
 from benchmarks.lib.gpu_speed.environment import environment, record_attention_kernel
 from benchmarks.lib.gpu_speed.measure import add_speedups, decode_vae, label, measure
 from benchmarks.lib.gpu_speed.model import (
+    FAMILY_NAMES,
+    HUNYUANVIDEO,
+    block_text_tokens,
     build_pipeline,
+    compression,
+    configuration,
     meta_transformer,
     parameter_bytes,
     parameter_count,
@@ -41,15 +46,17 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     dtype = getattr(torch, args.dtype)
     cap_memory(device, args.cap_bytes)
 
-    config = transformer_config(args.scaled_down)
+    config = transformer_config(args.scaled_down, args.family)
     result: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "family": args.family,
         "scaled_down": args.scaled_down,
         "environment": environment(device),
         "model": {
+            "configuration": configuration(args.family, args.scaled_down),
             "transformer_config": config,
-            "vae_config": vae_config(args.scaled_down),
-            "parameters": parameter_count(meta_transformer(config)),
+            "vae_config": vae_config(args.scaled_down, args.family),
+            "parameters": parameter_count(meta_transformer(config, args.family)),
             "weights": "random, N(0, 1/fan_in)",
         },
         "dtype": args.dtype,
@@ -64,15 +71,21 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "sp": [],
         "skipped": [],
     }
+    if args.family != HUNYUANVIDEO:
+        # What every block sees as text, and classifier-free guidance's passes per step (the rows say what ran).
+        result["block_text_tokens"] = block_text_tokens(args.family, args.text_tokens)
+        result["guidance"] = "classifier-free, 6.0: a conditional and an unconditional pass per step"
     env = result["environment"]
+    family = "" if args.family == HUNYUANVIDEO else f"{FAMILY_NAMES[args.family]} ({args.family}), "
     print(
-        f"gpu_speed: {env['device']}, torch {env['torch']}, {params_text(result['model']['parameters'])} parameters, "
+        f"gpu_speed: {family}{env['device']}, torch {env['torch']}, "
+        f"{params_text(result['model']['parameters'])} parameters, "
         f"{args.dtype}, sizes {', '.join(size_name(s) for s in args.sizes)}, {args.steps} steps",
         flush=True,
     )
 
     t0 = time.perf_counter()
-    pipe = build_pipeline(args.scaled_down, device)
+    pipe = build_pipeline(args.scaled_down, device, args.family)
     sync(device)
     result["build_s"] = time.perf_counter() - t0
     weights_bytes = parameter_bytes(pipe.transformer)
@@ -99,7 +112,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             maps[granularity] = smap.to(device) if device.type == "cuda" else smap
         return maps[granularity]
 
-    inputs = text_inputs(config, args.text_tokens, args.text_valid, device, dtype, args.seed)
+    inputs = text_inputs(config, args.text_tokens, args.text_valid, device, dtype, args.seed, family=args.family)
+    spatial, temporal = compression(pipe.vae.config)
     attention: dict = {}
     result["attention"] = attention
     args.full_estimate = {}  # size -> measured seconds of a full pass, for the time budget
@@ -115,7 +129,12 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 
     def run(size, mode: str, granularity: str, warm: bool) -> dict:
         smap = solver_map_for(granularity) if mode == "hyca" else None
-        with record_attention_kernel(attention, min_tokens=video_tokens(size, config)):
+        # The blocks' joint attention, not the text refiner's: at least the video tokens (and, for HunyuanVideo 1.5,
+        # whose refiner sees 1000 Qwen tokens, its text positions too).
+        joint = video_tokens(size, config, spatial, temporal)
+        if args.family != HUNYUANVIDEO:
+            joint += block_text_tokens(args.family, args.text_tokens)
+        with record_attention_kernel(attention, min_tokens=joint):
             row = measure(pipe, inputs, size, mode, granularity, args, smap, device, weights_bytes, warm, budget=budget)
         if mode == "hyca":
             row["solver_map_id"] = smap.id

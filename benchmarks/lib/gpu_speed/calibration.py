@@ -1,5 +1,7 @@
 """HyCa's solver map from the project's own calibration (trajectory probe, then ``calibrate`` with dsigma^2 step
-weights) on the transformer under test, at a reduced probe size: a map is per channel, so it applies at every size."""
+weights) on the transformer under test, at a reduced probe size: a map is per channel, so it applies at every size.
+Under classifier-free guidance (HunyuanVideo 1.5) it is calibrated on the conditional pass's recording, as the
+package's calibration does, and forecasts both passes."""
 
 from __future__ import annotations
 
@@ -8,10 +10,11 @@ import time
 import torch
 
 from benchmarks.lib.gpu_speed.device import free_memory
-from benchmarks.lib.gpu_speed.model import GUIDANCE, text_inputs
+from benchmarks.lib.gpu_speed.model import HUNYUANVIDEO, denoise, text_inputs
 from hyca_batch.cache import SolverMap, TrajectoryProbe, apply_feature_cache
 from hyca_batch.cache.calibrate import calibrate
 from hyca_batch.config import CacheConfig
+from hyca_batch.models.adapters import family_of
 from hyca_batch.pipeline.calibration import step_weights
 
 
@@ -20,24 +23,17 @@ def calibrate_map(pipe, args, granularity: str, device: torch.device, dtype: tor
     record each cached feature at ``--probe-tokens`` token positions, cluster and choose solvers."""
     h, w, f = args.calib_size
     interval = args.intervals["hyca"]
+    family = family_of(pipe.transformer)
     probe = TrajectoryProbe(tokens=args.probe_tokens, seed=0)
     cache = apply_feature_cache(pipe.transformer, CacheConfig(granularity=granularity), probe=probe)
     t0 = time.perf_counter()
     try:
         cache.reset()
-        inputs = text_inputs(pipe.transformer.config, args.text_tokens, args.text_valid, device, dtype, seed=1)
-        pipe(
-            **inputs,
-            height=h,
-            width=w,
-            num_frames=f,
-            num_inference_steps=args.calib_steps,
-            guidance_scale=GUIDANCE,
-            generator=torch.Generator(device="cpu").manual_seed(1),
-            output_type="latent",
-            return_dict=False,
+        inputs = text_inputs(
+            pipe.transformer.config, args.text_tokens, args.text_valid, device, dtype, seed=1, family=family.name
         )
-        trajectories = probe.trajectories()
+        denoise(pipe, inputs, (h, w, f), args.calib_steps, seed=1)
+        trajectories = probe.trajectories(family.cond_context)
     finally:
         cache.remove()
     probe_s = time.perf_counter() - t0
@@ -51,7 +47,7 @@ def calibrate_map(pipe, args, granularity: str, device: torch.device, dtype: tor
         clusters=args.clusters,
         step_weights=weights,
         metadata={
-            "model": "hunyuanvideo-random" if not args.scaled_down else "tiny-config-random",
+            "model": _model_name(family.name, args.scaled_down),
             "height": h,
             "width": w,
             "num_frames": f,
@@ -77,3 +73,10 @@ def calibrate_map(pipe, args, granularity: str, device: torch.device, dtype: tor
         "cluster_sizes": solver_map.metadata.get("cluster_sizes"),
     }
     return solver_map, info
+
+
+def _model_name(family: str, scaled_down: bool) -> str:
+    """What the map's metadata says it was calibrated on."""
+    if family == HUNYUANVIDEO:
+        return "hunyuanvideo-random" if not scaled_down else "tiny-config-random"
+    return f"{family}-random" if not scaled_down else "tiny15-config-random"

@@ -1,4 +1,5 @@
-"""The command line: flags, and the defaults that differ between a GPU run and a --scaled-down CPU run."""
+"""The command line: flags, and the defaults that differ between a GPU run and a --scaled-down CPU run, and between
+the model families (--family)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,18 @@ import torch
 
 from benchmarks.lib import ROOT
 from benchmarks.lib.gpu_speed.device import GIB
+from benchmarks.lib.gpu_speed.model import CONFIGURATIONS, HUNYUANVIDEO, HUNYUANVIDEO15
 
 DEFAULT_INTERVALS = {"fora": 5, "taylorseer": 5, "foca": 5, "hyca": 6}  # the HyCa paper's Table 3 settings
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "gpu_speed.json"
 DEFAULT_MD = ROOT / "benchmarks" / "RESULTS.md"
+#: Per family: the real sizes (HunyuanVideo's 544p/720p at 129 frames; HunyuanVideo 1.5's 480p/720p at 121, the
+#: model card's) and the Qwen/Llama text length its pipeline pads to; --scaled-down uses the same small ones for both.
+DEFAULT_SIZES = {
+    HUNYUANVIDEO: [(544, 960, 129), (720, 1280, 129)],
+    HUNYUANVIDEO15: [(480, 848, 121), (720, 1280, 121)],
+}
+DEFAULT_TEXT_TOKENS = {HUNYUANVIDEO: 256, HUNYUANVIDEO15: 1000}
 
 
 def parse_size(text: str) -> tuple[int, int, int]:
@@ -30,16 +39,24 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
     """The flags, with the defaults filled in; ``description`` is the script's (its docstring's first line)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
+        "--family",
+        choices=list(CONFIGURATIONS),
+        default=HUNYUANVIDEO,
+        help="model family: hunyuanvideo (HunyuanVideo, 12.8 B, embedded guidance) or hunyuanvideo15 (HunyuanVideo "
+        "1.5, 8.3 B, classifier-free guidance: two transformer passes per step); default hunyuanvideo",
+    )
+    parser.add_argument(
         "--scaled-down",
         action="store_true",
-        help="CPU smoke run: the tiny config, small sizes, float32, the whole loop for real",
+        help="CPU smoke run: the family's tiny config (tiny, tiny15), small sizes, float32, the whole loop for real",
     )
     parser.add_argument(
         "--sizes",
         type=parse_size,
         nargs="+",
         default=None,
-        help="HxWxF (default 544x960x129 720x1280x129; scaled-down 64x64x9 96x96x17)",
+        help="HxWxF (default 544x960x129 720x1280x129; hunyuanvideo15 480x848x121 720x1280x121; scaled-down "
+        "64x64x9 96x96x17)",
     )
     parser.add_argument(
         "--modes",
@@ -71,8 +88,19 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
         action="store_false",
         help="run a configuration even when weights + cache history alone exceed the memory",
     )
-    parser.add_argument("--text-tokens", type=int, default=None, help="text sequence (default 256; scaled-down 16)")
-    parser.add_argument("--text-valid", type=int, default=None, help="unmasked text tokens (default 64; scaled-down 8)")
+    parser.add_argument(
+        "--text-tokens",
+        type=int,
+        default=None,
+        help="text sequence: Llama tokens, or hunyuanvideo15's Qwen tokens (default 256; hunyuanvideo15 1000, plus "
+        "its 256 ByT5 and 729 image positions; scaled-down 16)",
+    )
+    parser.add_argument(
+        "--text-valid",
+        type=int,
+        default=None,
+        help="unmasked text (hunyuanvideo15: Qwen) tokens of the prompt (default 64; scaled-down 8)",
+    )
     parser.add_argument("--solver-map", type=Path, default=None, help="a saved map for hyca (default: calibrate)")
     parser.add_argument(
         "--calib-size", type=parse_size, default=None, help="probe size (default 256x256x33; scaled-down 64x64x9)"
@@ -105,7 +133,8 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
         "--json",
         type=Path,
         default=None,
-        help=f"default {DEFAULT_JSON.relative_to(ROOT)} (scaled-down: benchmarks/results/gpu_speed_scaled_down.json)",
+        help=f"default {DEFAULT_JSON.relative_to(ROOT)} (scaled-down: benchmarks/results/gpu_speed_scaled_down.json; "
+        "hunyuanvideo15: gpu_speed_hunyuanvideo15[_scaled_down].json beside it)",
     )
     parser.add_argument(
         "--results-md",
@@ -116,8 +145,8 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     small = args.scaled_down
-    args.sizes = args.sizes or ([(64, 64, 9), (96, 96, 17)] if small else [(544, 960, 129), (720, 1280, 129)])
-    args.text_tokens = args.text_tokens or (16 if small else 256)
+    args.sizes = args.sizes or ([(64, 64, 9), (96, 96, 17)] if small else DEFAULT_SIZES[args.family])
+    args.text_tokens = args.text_tokens or (16 if small else DEFAULT_TEXT_TOKENS[args.family])
     args.text_valid = args.text_valid or (8 if small else 64)
     args.calib_size = args.calib_size or ((64, 64, 9) if small else (256, 256, 33))
     args.calib_steps = args.calib_steps or args.steps
@@ -134,7 +163,8 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
         "hyca": args.interval_hyca,
     }
     if args.json is None:
-        args.json = DEFAULT_JSON.with_name("gpu_speed_scaled_down.json") if small else DEFAULT_JSON
+        stem = DEFAULT_JSON.stem + ("" if args.family == HUNYUANVIDEO else f"_{args.family}")
+        args.json = DEFAULT_JSON.with_name(stem + ("_scaled_down" if small else "") + DEFAULT_JSON.suffix)
     if args.results_md is None and not small:
         args.results_md = DEFAULT_MD
     if not 0 < args.text_valid <= args.text_tokens:

@@ -1,5 +1,9 @@
 """One configuration measured: a size, cache mode and granularity run through the pipeline's own loop (every step,
-or the schedule's prefix and the rest derived), per pass timed and counted by hooks; and the VAE's tiled decode."""
+or the schedule's prefix and the rest derived), per pass timed and counted by hooks; and the VAE's tiled decode.
+
+A step is one transformer pass (HunyuanVideo's embedded guidance) or several (HunyuanVideo 1.5's classifier-free
+guidance: a conditional and an unconditional pass, each in its own cache context with its own history): pass counts,
+history depths, cache bytes and the derived loop follow the passes the cache counted, per context."""
 
 from __future__ import annotations
 
@@ -21,15 +25,24 @@ from benchmarks.lib.gpu_speed.device import (
     reset_peak,
     sync,
 )
-from benchmarks.lib.gpu_speed.model import GUIDANCE, parameter_bytes
+from benchmarks.lib.gpu_speed.model import (
+    block_text_tokens,
+    compression,
+    denoise,
+    expected_passes_per_step,
+    parameter_bytes,
+)
 from benchmarks.lib.gpu_speed.schedule import depths, prefix_steps, schedule, size_name, video_tokens
 from benchmarks.lib.tables import mean
 from hyca_batch.cache import SolverMap, apply_feature_cache, cached_modules
 from hyca_batch.config import CacheConfig
+from hyca_batch.models.adapters import family_of
 
 
 class PassRecorder:
-    """Per transformer pass: full or skipped, history depth, attention calls, forecast time, cache bytes."""
+    """Per transformer pass: full or skipped, history depth, attention calls, forecast time, cache bytes.
+
+    Depths count the full passes of the pass's own cache context; the cache's bytes are every context's history."""
 
     def __init__(
         self, transformer, cache, device: torch.device, weights_bytes: int, cap_bytes: int | None, history: int
@@ -40,14 +53,15 @@ class PassRecorder:
         self.attention_calls = 0
         self.forecast_events: list = []
         self.forecast_s = 0.0
-        self.full_so_far = 0
+        self.full_so_far: dict[str, int] = {}  # cache context -> its full passes so far
+        self.slots: dict[str, list[torch.Tensor]] = {}  # cache context -> the history it held after its last pass
         self.cache_bytes = 0
         self.handles = [
             transformer.register_forward_pre_hook(self._start),
             transformer.register_forward_hook(self._end),
         ]
-        for block in [*transformer.transformer_blocks, *transformer.single_transformer_blocks]:
-            self.handles.append(block.attn.register_forward_pre_hook(self._count))
+        for attention in family_of(transformer).attention_modules(transformer):
+            self.handles.append(attention.register_forward_pre_hook(self._count))
         self._forecast = cache.forecast
         cache.forecast = self._timed_forecast  # an instance attribute: the block hooks call self.cache.forecast
 
@@ -71,22 +85,26 @@ class PassRecorder:
         self.attention_calls, self.forecast_events, self.forecast_s = 0, [], 0.0
 
     def _end(self, module, args, output) -> None:
-        state = self.cache.states.get_state()  # inside the pipeline's cache context: the "cond" state
+        state = self.cache.states.get_state()  # inside the pipeline's cache context: "cond", "pred_cond", ...
         sync(self.device)
         forecast = self.forecast_s + sum(s.elapsed_time(e) for s, e in self.forecast_events) / 1e3
-        slots = [t for values in state.history.values() for t in values]
-        self.cache_bytes = max(self.cache_bytes, held_bytes(iter(slots)))
+        context = state.context
+        self.slots[context] = [t for values in state.history.values() for t in values]
+        held = held_bytes(t for slots in self.slots.values() for t in slots)
+        self.cache_bytes = max(self.cache_bytes, held)
+        full_so_far = self.full_so_far.get(context, 0)
         self.passes.append(
             {
                 "full": bool(state.full),
-                "depth": 0 if state.full else min(self.full_so_far, self.history),
+                "depth": 0 if state.full else min(full_so_far, self.history),
                 "attention_calls": self.attention_calls,
                 "forecast_s": forecast,
+                "context": context,
             }
         )
-        self.full_so_far += bool(state.full)
+        self.full_so_far[context] = full_so_far + bool(state.full)
         if self.cap_bytes is not None and self.device.type != "cuda":
-            live = self.weights_bytes + held_bytes(iter(slots))
+            live = self.weights_bytes + held
             if live > self.cap_bytes:
                 raise SimulatedOOM(
                     f"simulated: weights + cache history {live / GIB:.3g} GiB over the "
@@ -123,10 +141,11 @@ def measure(
     ``budget(what, estimate_s)`` (optional) says whether the time budget lets a run of that many seconds start.
     """
     transformer = pipe.transformer
+    family = family_of(transformer).name
     interval = args.intervals[mode] if mode != "none" else 1
     config = CacheConfig(mode=mode, interval=interval, taylorseer_order=args.taylorseer_order, granularity=granularity)
     h, w, f = size
-    tokens = video_tokens(size, transformer.config)
+    tokens = video_tokens(size, transformer.config, *compression(pipe.vae.config))
     row: dict[str, Any] = {
         "size": [h, w, f],
         "video_tokens": tokens,
@@ -137,7 +156,11 @@ def measure(
         "steps": args.steps,
     }
     full = schedule(args.steps, mode, interval)
-    row["schedule_full_passes"], row["schedule_skipped_passes"] = sum(full), len(full) - sum(full)
+    steps = len(full)
+    # Passes per step (= cache contexts, each with its history): the guider's count until the cache has counted them.
+    per_step = expected_passes_per_step(pipe)
+    row["passes_per_step"] = per_step
+    row["schedule_full_passes"], row["schedule_skipped_passes"] = per_step * sum(full), per_step * (steps - sum(full))
 
     cache = apply_feature_cache(transformer, config, solver_map if mode == "hyca" else None)
     cache.reset(args.steps)  # a map fitted for this step count keeps its per-step forecasts' history
@@ -145,8 +168,9 @@ def measure(
     history = max((cache.history_points(n) for n in modules), default=0) if mode != "none" else 0
     element = torch.finfo(transformer.dtype).bits // 8
     row["history_slots"] = history
+    text = block_text_tokens(family, args.text_tokens)
     row["predicted_cache_bytes"] = (
-        predicted_cache_bytes(cache, modules, -(-tokens // sp), args.text_tokens, element) if mode != "none" else 0
+        per_step * predicted_cache_bytes(cache, modules, -(-tokens // sp), text, element) if mode != "none" else 0
     )
     run_steps = args.steps if args.real_loop else prefix_steps(args.steps, mode, interval, history)
     row["measured_steps"] = run_steps
@@ -165,17 +189,13 @@ def measure(
         )
         return row
     if budget is not None and not budget(
-        label(size, mode, granularity), sum(full[:run_steps]) * (args.full_estimate.get(tuple(size)) or 0.0)
+        label(size, mode, granularity),
+        per_step * sum(full[:run_steps]) * (args.full_estimate.get(tuple(size)) or 0.0),
     ):
         cache.remove()
         row.update(status="skipped", error="time budget")
         return row
     recorder = PassRecorder(transformer, cache, device, weights_bytes, args.cap_bytes, history)
-
-    def stop(pipeline, i, t, kwargs):
-        if i + 1 >= run_steps:
-            pipeline._interrupt = True  # the loop's own early exit: the remaining steps are skipped
-        return {}
 
     oom = None
     loop_s = 0.0
@@ -186,18 +206,7 @@ def measure(
         cache.reset(args.steps)  # a hyca map fitted for this step count runs its per-step forecasts and schedule
         sync(device)
         t0 = time.perf_counter()
-        latents = pipe(
-            **inputs,
-            height=h,
-            width=w,
-            num_frames=f,
-            num_inference_steps=args.steps,
-            guidance_scale=GUIDANCE,
-            generator=torch.Generator(device="cpu").manual_seed(0),
-            output_type="latent",
-            return_dict=False,
-            callback_on_step_end=stop,
-        )[0]
+        latents = denoise(pipe, inputs, size, args.steps, seed=0, stop_after=run_steps)
         sync(device)
         loop_s = time.perf_counter() - t0
         finite = bool(torch.isfinite(latents).all())
@@ -219,6 +228,12 @@ def measure(
     # Pass times from the hooks' own timers, in pass order.
     full_times, skipped_times = list(stats.full_s), list(stats.skipped_s)
     passes = recorder.passes
+    # The passes per step the cache counted (run_steps steps ran): classifier-free guidance makes it 2.
+    counted = stats.full + stats.skipped
+    per_step = max(1, round(counted / run_steps))
+    steps_run = max(1, counted // per_step)
+    row["passes_per_step"] = per_step
+    row["schedule_full_passes"], row["schedule_skipped_passes"] = per_step * sum(full), per_step * (steps - sum(full))
     for p in passes:
         p["seconds"] = full_times.pop(0) if p["full"] else skipped_times.pop(0)
     full_passes = [p for p in passes if p["full"]]
@@ -236,7 +251,7 @@ def measure(
             "passes": len(at),
         }
     deepest = max(by_depth) if by_depth else None
-    other = (loop_s - sum(p["seconds"] for p in passes)) / max(1, len(passes))
+    other = (loop_s - sum(p["seconds"] for p in passes)) / steps_run  # per step, beyond its transformer passes
 
     def pass_time(is_full: bool, depth: int) -> float:
         if is_full:
@@ -244,7 +259,10 @@ def measure(
         known = [d for d in by_depth if d <= depth] or list(by_depth)
         return by_depth[max(known)]["skipped_step_s"]
 
-    derived = sum(pass_time(fl, d) for fl, d in zip(full, depths(full, max(1, history)))) + args.steps * other
+    # Every context runs the same schedule: each step is per_step passes at that step's kind and depth.
+    derived = (
+        per_step * sum(pass_time(fl, d) for fl, d in zip(full, depths(full, max(1, history)))) + args.steps * other
+    )
     row.update(
         status="ok",
         finite=finite,

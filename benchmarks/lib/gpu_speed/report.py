@@ -1,5 +1,6 @@
 """The results written down: the dated markdown table (printed, and appended to RESULTS.md under its header) and
-the JSON, rewritten atomically after every configuration so that a run cut short keeps what it measured."""
+the JSON, rewritten atomically after every configuration so that a run cut short keeps what it measured. A
+HunyuanVideo 1.5 table says so in its title, and counts passes (two per step under classifier-free guidance)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 from pathlib import Path
 
 from benchmarks.lib.gpu_speed.device import GIB
+from benchmarks.lib.gpu_speed.model import FAMILY_NAMES, HUNYUANVIDEO
 from benchmarks.lib.gpu_speed.schedule import size_name
 from benchmarks.lib.tables import fmt
 
@@ -46,22 +48,39 @@ def markdown(result: dict) -> str:
     env = result["environment"]
     attn = result.get("attention") or {}
     maps = "; ".join(f"{g}: {c['how']}" for g, c in (result.get("calibration") or {}).items()) or "-"
+    family = result.get("family", HUNYUANVIDEO)
     title = f"## {result['date']} - {env['device']}"
+    if family != HUNYUANVIDEO:
+        title += f" - {FAMILY_NAMES[family]} ({family})"
     if result["scaled_down"]:
-        title += " (scaled-down smoke run on the tiny config, not a benchmark)"
+        tiny = "tiny" if family == HUNYUANVIDEO else result["model"].get("configuration", "tiny")
+        title += f" (scaled-down smoke run on the {tiny} config, not a benchmark)"
     steps = result["steps"]
+    text = f"text {result['text_tokens']} tokens ({result['text_valid']} unmasked)"
+    passes = f"({steps} steps)"
+    unit = "step"
+    if family != HUNYUANVIDEO:
+        per_step = sorted({r["passes_per_step"] for r in result["rows"] if "passes_per_step" in r}) or ["?"]
+        per_step_text = "/".join(map(str, per_step))
+        text = (
+            f"text: Qwen {result['text_tokens']} tokens ({result['text_valid']} unmasked), ByT5 256 (masked), 729 "
+            f"image positions (masked, text-to-video), {result.get('block_text_tokens')} in all per block; "
+            f"classifier-free guidance 6.0, {per_step_text} transformer passes per step"
+        )
+        passes = f"({steps} steps x {per_step_text} passes)"
+        unit = "pass"
     lines = [
         title,
         "",
         f"torch {env['torch']} (CUDA {env['cuda']}), diffusers {env['diffusers']}, flash-attn "
         f"{env['flash_attn'] or 'not installed'}; attention: SDPA {attn.get('sdpa_kernel', '?')} kernel, mask "
         f"{attn.get('mask')}; transformer {params_text(result['model']['parameters'])} parameters, "
-        f"{result['dtype']}, random weights; text {result['text_tokens']} tokens ({result['text_valid']} unmasked); "
+        f"{result['dtype']}, random weights; {text}; "
         f"{steps} steps. "
         f"HyCa map: {maps}.",
         "",
-        f"| size | cache | N | granularity | status | full step s | skipped step s | forecast share of skipped "
-        f"| full / skipped passes ({steps} steps) | loop s | loop | speedup | peak GiB | cache GiB |",
+        f"| size | cache | N | granularity | status | full {unit} s | skipped {unit} s | forecast share of skipped "
+        f"| full / skipped passes {passes} | loop s | loop | speedup | peak GiB | cache GiB |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in result["rows"]:

@@ -13,10 +13,12 @@ def size_name(size: Sequence[int]) -> str:
     return "x".join(map(str, size))
 
 
-def video_tokens(size: Sequence[int], config: dict) -> int:
+def video_tokens(size: Sequence[int], config: dict, spatial: int = 8, temporal: int = 4) -> int:
+    """Video tokens of a size: latent frames and cells (the VAE's ``spatial`` x ``temporal`` compression, 8 x 4 for
+    HunyuanVideo, 16 x 4 for HunyuanVideo 1.5) over the transformer's patch."""
     h, w, f = size
     p, pt = config["patch_size"], config["patch_size_t"]
-    return ((f - 1) // 4 + 1) // pt * (h // 8 // p) * (w // 8 // p)
+    return ((f - 1) // temporal + 1) // pt * (h // spatial // p) * (w // spatial // p)
 
 
 def schedule(steps: int, mode: str, interval: int) -> list[bool]:

@@ -10,10 +10,11 @@ from types import SimpleNamespace
 
 from benchmarks.lib.gpu_speed.device import cap_memory
 from benchmarks.lib.gpu_speed.measure import measure
-from benchmarks.lib.gpu_speed.model import family, parameter_bytes, text_inputs
+from benchmarks.lib.gpu_speed.model import configuration, parameter_bytes, text_inputs
 from hyca_batch.cache import SolverMap
 from hyca_batch.config import ParallelConfig
 from hyca_batch.models import random_weights
+from hyca_batch.models.adapters import family_of
 from hyca_batch.runtime import RankFailure, RankGroup, RankSetup
 from hyca_batch.runtime.workers import ShardedModelRank
 
@@ -31,7 +32,13 @@ class SpeedRank(ShardedModelRank):
         weights_bytes = parameter_bytes(pipe.transformer)
         solver_map = SolverMap.load(solver_map_path, device=device) if solver_map_path else None
         inputs = text_inputs(
-            pipe.transformer.config, args.text_tokens, args.text_valid, device, self.model.dtype, args.seed
+            pipe.transformer.config,
+            args.text_tokens,
+            args.text_valid,
+            device,
+            self.model.dtype,
+            args.seed,
+            family=family_of(pipe.transformer).name,
         )
         args.full_estimate, args.activation_bytes = {}, {}
         rows = []
@@ -56,7 +63,10 @@ def measure_sp(args, world: int, solver_map_path: str | None) -> list[dict]:
     parallel = ParallelConfig(sp=world, attention=args.sp_attention, timeout_s=args.sp_timeout)
     device = "cuda" if args.device_type == "cuda" else "cpu"
     setup = RankSetup(
-        model=random_weights(family(args.scaled_down)), parallel=parallel, device=device, threads=args.threads or 1
+        model=random_weights(configuration(args.family, args.scaled_down)),
+        parallel=parallel,
+        device=device,
+        threads=args.threads or 1,
     )
     try:
         with RankGroup(SpeedRank, setup, world) as group:
