@@ -265,3 +265,31 @@ def test_saved_tiny15_loads_and_matches_in_memory(pipeline, tmp_path):
             for tensor in [*getattr(loaded, name).parameters(), *getattr(loaded, name).buffers()]:
                 tensor.data = tensor.data.clone()
     assert torch.equal(_latents(loaded, prompt, seed=3), expected)
+
+
+def test_a_directory_is_resolved_by_its_pipeline_class_without_loading(tmp_path):
+    """The driver sizes rows from a directory's JSON files alone: the family from model_index.json's class, the
+    480p/720p defaults from the transformer's target_size, image-to-video from the image pipeline class."""
+    from hyca_batch.models import PRESETS, resolve_model
+    from hyca_batch.models.hunyuanvideo15 import HUNYUANVIDEO15_DEFAULTS, HUNYUANVIDEO15_HUB_IDS
+
+    def directory(name: str, pipeline_class: str, target_size: int):
+        path = tmp_path / name
+        (path / "transformer").mkdir(parents=True)
+        (path / "model_index.json").write_text(json.dumps({"_class_name": pipeline_class}))
+        (path / "transformer" / "config.json").write_text(json.dumps({"target_size": target_size}))
+        return resolve_model(str(path))
+
+    t2v = directory("t2v-720p", "HunyuanVideo15Pipeline", 960)
+    assert t2v.family == "hunyuanvideo15" and t2v.defaults == HUNYUANVIDEO15_DEFAULTS["720p"]
+    assert t2v.i2v_target_size is None
+    with pytest.raises(ValueError, match="no image-to-video"):
+        t2v.image_video_size(480, 640)
+    i2v = directory("i2v-480p", "HunyuanVideo15ImageToVideoPipeline", 640)
+    assert i2v.defaults == HUNYUANVIDEO15_DEFAULTS["480p"] and i2v.i2v_target_size == 640
+    assert i2v.image_video_size(720, 1280) == (480, 848)
+    first = directory("v1", "HunyuanVideoPipeline", 0)
+    assert first.family == "hunyuanvideo" and first.defaults == PRESETS["hunyuanvideo"].defaults
+    # A hub id of a preset resolves to the preset's facts, under the id's name.
+    hub = resolve_model(HUNYUANVIDEO15_HUB_IDS["720p", "i2v"])
+    assert hub.name == HUNYUANVIDEO15_HUB_IDS["720p", "i2v"] and hub.i2v_target_size == 960
