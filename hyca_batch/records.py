@@ -149,6 +149,12 @@ def write_record(
     return table
 
 
+def committed_output(storage: Storage, video_id: str) -> str | None:
+    """The mp4 URI the committed record of ``video_id`` names (a record is created once and never replaced)."""
+    body = storage.read_bytes(record_key(video_id))
+    return pq.read_table(pa.BufferReader(body), columns=["output_uri"]).column("output_uri")[0].as_py()
+
+
 def error_body(error: dict[str, Any], previous: bytes | None) -> bytes:
     """An error record's JSON, with the earlier attempts' errors (``previous``, the record it replaces) in
     ``history``."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -117,6 +118,21 @@ def test_bytes_left_by_an_uncommitted_try_are_never_replaced(ray_session, write_
     rec = assert_consistent(out, ["clip"])["clip"]
     assert Path(rec["output_uri"]).name.startswith("clip.") and Path(rec["output_uri"]) != leftover
     assert leftover.read_bytes() == b"a crashed writer's bytes, or a live writer's"
+
+
+def test_a_killed_tries_mp4_equal_to_the_retrys_is_named_not_copied(ray_session, write_manifest, tmp_path):
+    """A try killed between its mp4 and its record (a driver killed mid-job) left exactly the bytes the retry makes:
+    the retry's record names them, and no second copy is left beside them."""
+    manifest = write_manifest(prompt=["a red circle"], id=["clip"])
+    first = tmp_path / "first"
+    assert run_job(config(manifest, first)).done == 1
+    out = tmp_path / "out"
+    (out / "videos").mkdir(parents=True)
+    shutil.copy(first / "videos" / "clip.mp4", out / "videos" / "clip.mp4")  # the killed try's mp4, no record
+    assert run_job(config(manifest, out)).done == 1
+    rec = assert_consistent(out, ["clip"])["clip"]
+    assert Path(rec["output_uri"]) == out / "videos" / "clip.mp4"
+    assert sorted(p.name for p in (out / "videos").iterdir()) == ["clip.mp4"]
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])

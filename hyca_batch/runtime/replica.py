@@ -29,7 +29,7 @@ from hyca_batch.images import attach_image
 from hyca_batch.models import ModelSpec
 from hyca_batch.pipeline.encode import encode_mp4
 from hyca_batch.pipeline.fidelity import psnr, relative_l2, ssim
-from hyca_batch.records import utcnow, write_error, write_record
+from hyca_batch.records import committed_output, utcnow, write_error, write_record
 from hyca_batch.runtime.backend import open_backend
 from hyca_batch.runtime.ranks import RankFailure, load_object
 from hyca_batch.runtime.workers import RankSetup
@@ -171,7 +171,7 @@ class Replica:
             t_enc = time.perf_counter()
             data = encode_mp4(result.frames, request.fps)
             t_write = time.perf_counter()
-            key, uri = self._put_video(request.id, data)
+            key, uri, created = self._put_video(request.id, data)
             record = {
                 **request.generation_params(),
                 "image": request.image,
@@ -207,8 +207,9 @@ class Replica:
             record["write_s"] = time.perf_counter() - t_write
             record["total_s"] = time.perf_counter() - t0
             committed = write_record(self.storage, record, self.extra_schema, request.extra)
-            if committed is None:
-                # Another writer committed the id first: its record names its own mp4; ours was never named by one.
+            if committed is None and created and committed_output(self.storage, request.id) != uri:
+                # Another writer committed the id first, naming its own mp4 (or ours, when it found our bytes equal
+                # to its own and named them: then they stay).
                 self.storage.delete(key)
             status = "done" if committed is not None else "already_done"
             # Uncached, the estimate only measures loop overhead (~0.9); the summary shows speedups of caches.
@@ -244,23 +245,27 @@ class Replica:
                 message += f" (and its error record could not be written: {write_exc})"
             return self._result(request.id, "failed", attempt, t0, message), None
 
-    def _put_video(self, video_id: str, data: bytes) -> tuple[str, str]:
-        """Publish the mp4 exclusively, never over other bytes: (key, URI).
+    def _put_video(self, video_id: str, data: bytes) -> tuple[str, str, bool]:
+        """Publish the mp4 exclusively, never over other bytes: (key, URI, whether this call created the object).
 
         The plain key is taken unless some earlier try left bytes there without committing (it crashed, or it is
-        a second writer still running, whose record would then name those bytes); then this try's mp4 goes under
-        a key of its own. The record that commits names its mp4, so its sha256 always matches the object.
+        a second writer still running, whose record would then name those bytes). Bytes equal to ours (a seed
+        gives the same video on the same device) are named as they are, so a try killed between its mp4 and its
+        record leaves no stray copy behind; other bytes are left alone and this try's mp4 goes under a key of
+        its own. The record that commits names its mp4, so its sha256 always matches the object.
         """
+        key = video_key(video_id)
         try:
-            key = video_key(video_id)
-            return key, self.storage.put_bytes(key, data)
+            return key, self.storage.put_bytes(key, data), True
         except AlreadyExists:
-            while True:
-                key = video_key(video_id, attempt=uuid.uuid4().hex[:12])
-                try:
-                    return key, self.storage.put_bytes(key, data)
-                except AlreadyExists:
-                    continue
+            if self.storage.read_bytes(key) == data:
+                return key, self.storage.uri_for(key), False
+        while True:
+            key = video_key(video_id, attempt=uuid.uuid4().hex[:12])
+            try:
+                return key, self.storage.put_bytes(key, data), True
+            except AlreadyExists:
+                continue
 
     def _wants_baseline(self, ordinal: int) -> bool:
         return self.baseline_every > 0 and self.cache.mode != "none" and ordinal % self.baseline_every == 0
