@@ -145,6 +145,11 @@ def inspect_image(data: bytes) -> ImageInfo:
     return ImageInfo(digest, height, width)
 
 
+def error_fields(image: str | None, image_sha256: str | None) -> dict[str, str | None]:
+    """What an image row's error record says of its image; nothing for a text row, whose records stay as they were."""
+    return {} if image_sha256 is None else {"image": image, "image_sha256": image_sha256}
+
+
 def attach_image(request: Request, *, s3_endpoint_url: str | None = None) -> Request:
     """The request with its image's bytes in ``image_bytes``, on the replica, before it generates: read from its
     path or S3 object unless the manifest held them inline. A text-to-video request comes back as it is.

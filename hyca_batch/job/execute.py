@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from hyca_batch.cache import SolverMap
 from hyca_batch.config import JobConfig
+from hyca_batch.images import error_fields
 from hyca_batch.job.errors import JobError
 from hyca_batch.job.plan import Plan, VideoTimeout
 from hyca_batch.job.progress import JobSummary, Progress
@@ -396,8 +397,7 @@ def _charged(storage: Storage, block: pa.Table, cause: str, run_id: str) -> pa.T
                 "error_type": "VideoTimeout" if "timeout" in cause else "ReplicaDied",
                 "message": cause,
                 "prompt": row["prompt"],
-                # An image row's image (text-to-video error records stay as they were).
-                **({"image": row["image"], "image_sha256": row["image_sha256"]} if row["image_sha256"] else {}),
+                **error_fields(row["image"], row["image_sha256"]),
                 "source_file": row["source_file"],
                 "source_row": row["source_row"],
                 "run_id": run_id,

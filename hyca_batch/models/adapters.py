@@ -36,6 +36,7 @@ class DualStreamBlock:
 
     name = "double"
     features = ("attn", "ctx_attn", "ff", "ctx_ff")
+    mlp = "ff"  # the video stream's MLP (what counts a block as computed)
 
     @staticmethod
     def captured(block: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -69,6 +70,7 @@ class SingleStreamBlock:
 
     name = "single"
     features = ("proj_out",)
+    mlp = "proj_mlp"
 
     @staticmethod
     def captured(block: torch.nn.Module) -> dict[str, torch.nn.Module]:

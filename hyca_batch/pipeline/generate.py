@@ -59,7 +59,7 @@ class VideoGenerator:
 
     def _image(self, request: Request) -> PIL.Image.Image | None:
         """An image-to-video request's image (its bytes were fetched and checked by the replica), as RGB."""
-        data = getattr(request, "image_bytes", None)
+        data = request.image_bytes
         if data is None:
             return None
         if self.model.image_pipeline is None:

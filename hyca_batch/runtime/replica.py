@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from hyca_batch.cache import SolverMap
 from hyca_batch.config import CacheConfig, ParallelConfig
-from hyca_batch.images import attach_image
+from hyca_batch.images import attach_image, error_fields
 from hyca_batch.models import ModelSpec
 from hyca_batch.pipeline.encode import encode_mp4
 from hyca_batch.pipeline.fidelity import psnr, relative_l2, ssim
@@ -233,7 +233,7 @@ class Replica:
                         "message": str(exc),
                         "traceback": traceback.format_exc(),
                         "prompt": request.prompt,
-                        **_image_fields(request),
+                        **error_fields(request.image, request.image_sha256),
                         "source_file": request.source_file,
                         "source_row": request.source_row,
                         "run_id": self.run_id,
@@ -302,10 +302,3 @@ class Replica:
             "psnr": psnr,
             "error": error,
         }
-
-
-def _image_fields(request: Request) -> dict[str, Any]:
-    """An image row's image in its error record (nothing for text-to-video, whose error records stay as they were)."""
-    if request.image_sha256 is None:
-        return {}
-    return {"image": request.image, "image_sha256": request.image_sha256}

@@ -55,10 +55,6 @@ class CallCounter:
         self.handle.remove()
 
 
-#: Per block kind (``adapters.DualStreamBlock.name`` and ``SingleStreamBlock.name``): the submodule that is its MLP.
-MLP_MODULE = {"double": "ff", "single": "proj_mlp"}
-
-
 def tail_module(transformer):
     """A module of the last block that runs only when that block computes: the last output a full step of its kind
     captures (a single-stream block's ``proj_out``, a dual-stream block's ``ff_context``)."""
@@ -79,7 +75,7 @@ class BlockComputeCounter:
         self.counters: dict[str, CallCounter] = {}
         for kind, i, block in family_of(transformer).block_lists(transformer):
             self.counters[f"{kind.name}.{i}.attn"] = CallCounter(block.attn.to_q)
-            self.counters[f"{kind.name}.{i}.mlp"] = CallCounter(getattr(block, MLP_MODULE[kind.name]))
+            self.counters[f"{kind.name}.{i}.mlp"] = CallCounter(getattr(block, kind.mlp))
 
     @property
     def per_pass(self) -> int:

@@ -133,38 +133,12 @@ def text_inputs(
 
 
 def denoise(pipe, inputs: dict, size: Sequence[int], steps: int, seed: int, stop_after: int | None = None):
-    """The family's own denoising loop over ``inputs`` (``text_inputs``), latents out; with ``stop_after`` only the
-    first that many steps of the ``steps``-step schedule run (the pipeline's own interrupt skips the rest).
-
-    HunyuanVideo: its pipeline called directly, stopped by a step-end callback. HunyuanVideo 1.5: through its family
-    adapter's ``denoise`` (classifier-free guidance at 6.0); its pipeline takes no callback, so a transformer pre-hook
-    raises the interrupt during the last wanted step, whose remaining (unconditional) pass still runs.
-    """
+    """The family's own denoising loop over ``inputs`` (``text_inputs``), through its adapter's ``denoise``, latents
+    out; with ``stop_after`` only the first that many steps of the ``steps``-step schedule run: a transformer
+    pre-hook raises the pipeline's own interrupt during the last wanted step (both pipelines check it when a step
+    begins, so every pass of that step still runs and the remaining steps are skipped)."""
     h, w, f = size
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    family = family_of(pipe.transformer)
-    if family.name == HUNYUANVIDEO:
-        extra = {}
-        if stop_after is not None:
-
-            def stop(pipeline, i, t, kwargs):
-                if i + 1 >= stop_after:
-                    pipeline._interrupt = True  # the loop's own early exit: the remaining steps are skipped
-                return {}
-
-            extra["callback_on_step_end"] = stop
-        return pipe(
-            **inputs,
-            height=h,
-            width=w,
-            num_frames=f,
-            num_inference_steps=steps,
-            guidance_scale=GUIDANCE,
-            generator=generator,
-            output_type="latent",
-            return_dict=False,
-            **extra,
-        )[0]
     request = SimpleNamespace(height=h, width=w, num_frames=f, num_inference_steps=steps, guidance_scale=GUIDANCE)
     handle = None
     if stop_after is not None:
@@ -176,11 +150,11 @@ def denoise(pipe, inputs: dict, size: Sequence[int], steps: int, seed: int, stop
             if not seen or seen[-1] != t:
                 seen.append(t)
             if len(seen) >= stop_after:
-                pipe._interrupt = True  # checked at the next step's start: this step's passes all run
+                pipe._interrupt = True
 
         handle = pipe.transformer.register_forward_pre_hook(interrupt, with_kwargs=True)
     try:
-        return family.denoise(pipe, inputs, request, generator, None)
+        return family_of(pipe.transformer).denoise(pipe, inputs, request, generator, None)
     finally:
         if handle is not None:
             handle.remove()
